@@ -1,0 +1,31 @@
+from django import forms
+from django.contrib.auth import password_validation
+
+from users.models import User
+
+
+class RegistrationForm(forms.Form):
+    """Email and password, validated as Django validates account passwords."""
+
+    email = forms.EmailField(max_length=254)
+    password = forms.CharField(
+        max_length=128,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        password = cleaned.get("password")
+        if password:
+            user = User(email=cleaned.get("email") or "")
+            try:
+                password_validation.validate_password(password, user)
+            except forms.ValidationError as error:
+                self.add_error("password", error)
+        return cleaned
+
+
+class ActivationForm(forms.Form):
+    """The confirm button on the activation page; the token is in the URL."""
