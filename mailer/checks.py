@@ -1,0 +1,28 @@
+"""System checks for mailer settings that would lose or duplicate mail."""
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+
+
+@register(Tags.compatibility)
+def check_delays_below_visibility_timeout(app_configs, **kwargs) -> list[Error]:
+    """Every delay the send task can ask for must end before Redis redelivers."""
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
+    visibility = options.get("visibility_timeout", 3600)
+    longest = max(
+        settings.MAILER_RETRY_BACKOFF_MAX,
+        settings.MAILER_SEND_TIME_LIMIT,
+        settings.EMAIL_TIMEOUT,
+    )
+    if longest >= visibility:
+        return [
+            Error(
+                f"A send task delay of {longest:g}s reaches the Redis "
+                f"visibility_timeout ({visibility}s): the message would be "
+                "redelivered and the mail sent twice.",
+                hint="Lower MAILER_RETRY_BACKOFF_MAX / MAILER_SEND_TIME_LIMIT or "
+                "raise CELERY_VISIBILITY_TIMEOUT.",
+                id="mailer.E001",
+            )
+        ]
+    return []

@@ -1,0 +1,49 @@
+from django.conf import settings
+from django.db import models
+
+
+class Delivery(models.Model):
+    """One mail owed to one user: the outbox row, the record of its delivery."""
+
+    class Kind(models.TextChoices):
+        WELCOME = "welcome", "Welcome"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    task_id = models.CharField(max_length=255, blank=True, db_index=True)
+    message_id = models.CharField(max_length=255, blank=True)
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    # When a pending or sending row counts as left behind (the sweeper's cue).
+    lease_expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "kind"], name="mailer_delivery_user_kind_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["status", "lease_expires_at"], name="mailer_delivery_due_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} mail #{self.pk} ({self.status})"

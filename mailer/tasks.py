@@ -1,0 +1,99 @@
+"""Celery tasks: serialization, retries and logging around the mailer services."""
+
+import logging
+import random
+import time
+
+from celery import Task, shared_task
+from celery.signals import worker_process_shutdown, worker_shutdown
+from django.conf import settings
+
+from mailer import services
+from mailer.smtp import ReusedConnection, classify_smtp_error
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    retry_on_worker_lost=True,
+    max_retries=None,  # counted against MAILER_MAX_RETRIES below, read at run time
+)
+def send_welcome_email(self: Task, delivery_id: int) -> str:
+    """Send the welcome mail of one outbox row, at most once.
+
+    Returns "sent", or "skipped" when another attempt owns or finished the row.
+    """
+    task_id = self.request.id
+    delivery = services.claim_delivery(delivery_id=delivery_id, task_id=task_id)
+    if delivery is None:
+        _log(delivery_id, task_id, self.request.retries, "skipped", None, 0.0)
+        return "skipped"
+    started = time.monotonic()
+    try:
+        services.send_delivery(delivery)
+    except OSError as error:  # every smtplib error, timeouts, resets
+        failure = classify_smtp_error(error)
+        elapsed = time.monotonic() - started
+        retries = self.request.retries
+        if failure.transient and retries < settings.MAILER_MAX_RETRIES:
+            countdown = retry_countdown(retries)
+            services.mark_retrying(
+                delivery_id=delivery_id,
+                task_id=task_id,
+                countdown=countdown,
+                code=failure.code,
+                reason=failure.reason,
+            )
+            _log(delivery_id, task_id, retries, "retry", failure.code, elapsed)
+            raise self.retry(
+                exc=error, countdown=countdown, max_retries=None
+            ) from error
+        services.mark_failed(
+            delivery_id=delivery_id,
+            task_id=task_id,
+            code=failure.code,
+            reason=failure.reason,
+        )
+        _log(delivery_id, task_id, retries, "failed", failure.code, elapsed)
+        raise
+    services.mark_sent(delivery_id=delivery_id, task_id=task_id)
+    _log(
+        delivery_id,
+        task_id,
+        self.request.retries,
+        "sent",
+        250,
+        time.monotonic() - started,
+    )
+    return "sent"
+
+
+def retry_countdown(retries: int) -> float:
+    """Exponential backoff from MAILER_RETRY_BACKOFF, capped, with equal jitter."""
+    ceiling = min(
+        settings.MAILER_RETRY_BACKOFF_MAX, settings.MAILER_RETRY_BACKOFF * 2**retries
+    )
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _log(delivery_id, task_id, retries, outcome, code, elapsed) -> None:
+    logger.info(
+        "welcome_email delivery=%s task=%s attempt=%s outcome=%s smtp_code=%s "
+        "duration_ms=%.1f",
+        delivery_id,
+        task_id,
+        retries + 1,
+        outcome,
+        code,
+        elapsed * 1000,
+    )
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def close_smtp_connections(**kwargs) -> None:
+    """Say QUIT to the relay on every connection this worker kept open."""
+    ReusedConnection.close_all()
