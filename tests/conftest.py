@@ -1,0 +1,85 @@
+import os
+
+import pytest
+from django.db import connection
+
+from mailer.smtp import ReusedConnection
+from tests import services
+from tests.support import RedisServer, SmtpServer, WorkerProcess
+
+
+@pytest.fixture(autouse=True)
+def _fresh_smtp_connections():
+    """No SMTP connection kept by one test leaks into the next."""
+    yield
+    ReusedConnection.close_all()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """The suite's own redis-server, on the port tests.services chose."""
+    server = RedisServer(services.REDIS_PORT).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def smtp_server():
+    """The suite's own SMTP server (aiosmtpd), on the port tests.services chose."""
+    server = SmtpServer(services.SMTP_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp(smtp_server):
+    """The SMTP server's handler, emptied and unscripted for this test."""
+    smtp_server.handler.reset()
+    yield smtp_server.handler
+    smtp_server.handler.reset()
+
+
+@pytest.fixture
+def real_smtp(settings):
+    """Send through Django's SMTP backend instead of the test runner's locmem."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+
+
+def database_url() -> str:
+    """The test database as a URL a worker process can open."""
+    conf = connection.settings_dict
+    if conf["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{conf['NAME']}"
+    auth = conf["USER"] or ""
+    if conf["PASSWORD"]:
+        auth += f":{conf['PASSWORD']}"
+    host = conf["HOST"] or "127.0.0.1"
+    port = conf["PORT"] or 5432
+    return f"postgres://{auth}@{host}:{port}/{conf['NAME']}"
+
+
+def worker_env(**overrides: str) -> dict[str, str]:
+    """The environment of a worker process that shares the suite's services."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        MAILER_RETRY_BACKOFF="0.2",
+        MAILER_RETRY_BACKOFF_MAX="1",
+        MAILER_MAX_RETRIES="3",
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    django_db_setup, django_db_blocker, redis_server, smtp_server, tmp_path_factory
+):
+    """One real Celery worker process for the integration tests."""
+    with django_db_blocker.unblock():
+        env = worker_env()
+    worker = WorkerProcess(
+        env=env, log_path=tmp_path_factory.mktemp("worker") / "worker.log"
+    ).start()
+    yield worker
+    worker.stop()

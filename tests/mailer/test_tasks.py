@@ -1,0 +1,123 @@
+import re
+
+import pytest
+
+from mailer.models import Delivery
+from mailer.tasks import retry_countdown, send_welcome_email
+from tests.factories import DeliveryFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def delivery():
+    return DeliveryFactory(user__email="ada@example.com")
+
+
+def test_task_sends_text_and_html_with_activation_link_and_marks_sent(
+    delivery, mailoutbox
+):
+    result = send_welcome_email.apply(args=(delivery.pk,))
+
+    assert result.get() == "sent"
+    [mail] = mailoutbox
+    assert mail.to == ["ada@example.com"]
+    assert mail.subject == "Welcome! Please activate your account"
+    assert mail.extra_headers["Message-ID"] == delivery.message_id
+    link = re.search(r"http://testserver/activate/[^/\s]+/", mail.body).group(0)
+    html, mimetype = mail.alternatives[0]
+    assert mimetype == "text/html" and link in html
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SENT
+    assert delivery.attempts == 1 and delivery.sent_at is not None
+
+
+def test_task_run_twice_for_one_row_sends_one_mail(delivery, mailoutbox):
+    first = send_welcome_email.apply(args=(delivery.pk,))
+    second = send_welcome_email.apply(args=(delivery.pk,))
+
+    assert (first.get(), second.get()) == ("sent", "skipped")
+    assert len(mailoutbox) == 1
+
+
+def test_task_skips_a_row_another_attempt_has_claimed(delivery, mailoutbox):
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.SENDING)
+
+    assert send_welcome_email.apply(args=(delivery.pk,)).get() == "skipped"
+    assert mailoutbox == []
+
+
+def test_transient_failure_is_retried_then_sent(delivery, smtp, real_smtp, settings):
+    settings.MAILER_RETRY_BACKOFF = 0.01
+    smtp.script.replies["ada@example.com"] = ["451 4.3.0 Try again later"] * 2
+
+    result = send_welcome_email.apply(args=(delivery.pk,))
+
+    assert result.get() == "sent"
+    assert smtp.attempts["ada@example.com"] == 3
+    assert len(smtp.mails_to("ada@example.com")) == 1
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SENT
+    assert delivery.attempts == 3
+
+
+def test_permanent_failure_marks_failed_with_reason_and_no_retry(
+    delivery, smtp, real_smtp
+):
+    smtp.script.replies["ada@example.com"] = ["550 5.1.1 No such user here"]
+
+    result = send_welcome_email.apply(args=(delivery.pk,))
+
+    assert result.failed()
+    assert smtp.attempts["ada@example.com"] == 1
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED
+    assert delivery.smtp_code == 550
+    assert "No such user here" in delivery.last_error
+
+
+def test_exhausted_retries_mark_the_row_failed(delivery, smtp, real_smtp, settings):
+    settings.MAILER_RETRY_BACKOFF = 0.01
+    settings.MAILER_MAX_RETRIES = 2
+    smtp.script.replies["ada@example.com"] = ["421 4.7.0 Too busy"] * 10
+
+    result = send_welcome_email.apply(args=(delivery.pk,))
+
+    assert result.failed()
+    assert smtp.attempts["ada@example.com"] == 3
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED
+    assert delivery.smtp_code == 421 and "Too busy" in delivery.last_error
+    assert smtp.mails_to("ada@example.com") == []
+
+
+def test_unreachable_relay_is_transient_and_retried(delivery, settings, real_smtp):
+    settings.EMAIL_PORT = 1  # nothing listens there
+    settings.MAILER_RETRY_BACKOFF = 0.01
+    settings.MAILER_MAX_RETRIES = 1
+
+    result = send_welcome_email.apply(args=(delivery.pk,))
+
+    assert result.failed()
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED
+    assert delivery.attempts == 2
+    assert "refused" in delivery.last_error.lower()
+
+
+def test_backoff_grows_exponentially_up_to_the_cap(settings):
+    settings.MAILER_RETRY_BACKOFF = 30
+    settings.MAILER_RETRY_BACKOFF_MAX = 600
+
+    for retries, (low, high) in enumerate([(15, 30), (30, 60), (60, 120), (120, 240)]):
+        assert low <= retry_countdown(retries) <= high
+    assert 300 <= retry_countdown(20) <= 600
+
+
+def test_one_smtp_connection_is_reused_across_sends(smtp, real_smtp):
+    for n in range(3):
+        delivery = DeliveryFactory(user__email=f"p{n}@example.com")
+        send_welcome_email.apply(args=(delivery.pk,))
+
+    assert len(smtp.received) == 3
+    assert smtp.connections == 1

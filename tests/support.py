@@ -1,0 +1,269 @@
+"""Real processes for the integration tests: redis-server, SMTP server, worker.
+
+Every process is started here, tracked by its pid, and stopped by that pid.
+"""
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import redis
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = ""):
+    """Poll `predicate` until it returns a truthy value; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(process: subprocess.Popen, *, timeout: float = 10.0) -> None:
+    """Stop one process we started: SIGTERM, then SIGKILL after `timeout`."""
+    if process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+class RedisServer:
+    """A private redis-server on a given port, data in a temporary directory."""
+
+    def __init__(self, port: int, *, appendonly: bool = False) -> None:
+        self.port = port
+        self.appendonly = appendonly
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.directory = Path(tempfile.mkdtemp(prefix="test-redis-"))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed (apt-get install redis-server)"
+            )
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.ping, timeout=10, what=f"redis-server on :{self.port}")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            return redis.Redis(port=self.port, socket_timeout=0.5).ping()
+        except redis.RedisError:
+            return False
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class ReceivedMail:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.content, policy=policy.default)
+
+    def text(self) -> str:
+        return self.message.get_body(preferencelist=("plain",)).get_content()
+
+    def html(self) -> str:
+        return self.message.get_body(preferencelist=("html",)).get_content()
+
+
+@dataclass
+class SmtpScript:
+    """Replies the test server gives, per recipient, attempt by attempt."""
+
+    replies: dict[str, list[str]] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class RecordingHandler:
+    """An aiosmtpd handler that keeps every accepted mail and obeys a script."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.received: list[ReceivedMail] = []
+        self.attempts: dict[str, int] = defaultdict(int)
+        self.connections = 0
+        self.script = SmtpScript()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.received.clear()
+            self.attempts.clear()
+            self.connections = 0
+            self.script = SmtpScript()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        with self.lock:
+            self.connections += 1
+        return responses
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        if self.script.delay:
+            await asyncio.sleep(self.script.delay)
+        with self.lock:
+            reply = "250 Message accepted for delivery"
+            for rcpt in envelope.rcpt_tos:
+                self.attempts[rcpt] += 1
+                scripted = self.script.replies.get(rcpt.lower())
+                if scripted:
+                    reply = scripted.pop(0)
+            if reply.startswith("250"):
+                self.received.append(
+                    ReceivedMail(
+                        envelope.mail_from, list(envelope.rcpt_tos), envelope.content
+                    )
+                )
+        return reply
+
+    def mails_to(self, address: str) -> list[ReceivedMail]:
+        with self.lock:
+            return [
+                m
+                for m in self.received
+                if address.lower() in map(str.lower, m.rcpt_tos)
+            ]
+
+
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) in a thread of the test process."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.handler = RecordingHandler()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=port)
+
+    def start(self) -> "SmtpServer":
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+class WorkerProcess:
+    """`celery -A celery_app worker` as a real process with its own environment."""
+
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        name: str = "test",
+        pool: str = "threads",
+        concurrency: int = 4,
+        log_path: Path | None = None,
+    ) -> None:
+        self.env = env
+        self.name = name
+        self.pool = pool
+        self.concurrency = concurrency
+        self.log_path = log_path or Path(
+            tempfile.mkstemp(prefix="worker-", suffix=".log")[1]
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self, *, timeout: float = 30.0) -> "WorkerProcess":
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "celery_app",
+                "worker",
+                "--pool",
+                self.pool,
+                "--concurrency",
+                str(self.concurrency),
+                "--hostname",
+                f"{self.name}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_until(self._ready, timeout=timeout, what=f"worker {self.name} ready")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited early:\n{self.log()}")
+        return b" ready." in self.log_path.read_bytes()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=15)
+            self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+        self.process = None
