@@ -2,11 +2,13 @@
 
 import logging
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from email.utils import make_msgid
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
+from django.db import transaction
 from django.db.models import F
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -143,6 +145,141 @@ def mark_failed(
         last_error=reason,
         updated_at=timezone.now(),
     )
+
+
+class BrokerUnreachable(Exception):
+    """The broker did not answer within the check's timeout."""
+
+
+def check_broker(*, timeout: float) -> None:
+    """Open one connection to the broker; raise BrokerUnreachable if it fails.
+
+    Connecting to Redis pings it, so a stopped or frozen server fails here
+    within about `timeout` seconds instead of in the middle of a publish.
+    """
+    from mailer.tasks import send_welcome_email
+
+    connection = send_welcome_email.app.connection_for_write(
+        connect_timeout=timeout,
+        transport_options={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        },
+    )
+    try:
+        connection.ensure_connection(max_retries=0, timeout=timeout)
+    except Exception as error:  # noqa: BLE001 - any failure means unreachable
+        raise BrokerUnreachable(type(error).__name__) from error
+    finally:
+        connection.release()
+
+
+def publish_deliveries(jobs: list[tuple[int, str]]) -> None:
+    """Publish one send task per (delivery id, task id), pipelined.
+
+    One pooled producer and kombu's publish batch: the messages go to Redis
+    in a few round trips. Raises on any broker error; a batch that failed
+    may have been partly delivered (the claim makes a stray copy harmless).
+    """
+    from mailer.tasks import send_welcome_email
+
+    with send_welcome_email.app.producer_or_acquire() as producer:
+        with producer.batch(max_size=PUBLISH_BATCH_SIZE):
+            for delivery_id, task_id in jobs:
+                send_welcome_email.apply_async(
+                    args=(delivery_id,),
+                    task_id=task_id,
+                    producer=producer,
+                    retry=False,
+                )
+
+
+PUBLISH_BATCH_SIZE = 1000
+SWEEP_BATCH_SIZE = 500
+
+
+@dataclass
+class SweepReport:
+    """What one sweep found and did."""
+
+    reclaimed: int = 0
+    redispatched: list[int] = field(default_factory=list)
+    not_published: list[int] = field(default_factory=list)
+
+
+def sweep_stale_deliveries(
+    *, batch_size: int = SWEEP_BATCH_SIZE, max_batches: int = 10
+) -> SweepReport:
+    """Re-dispatch rows left pending or sending past their lease.
+
+    A sending row past its lease belongs to an attempt that died (its hard
+    time limit is shorter than the lease): it goes back to pending first. A
+    pending row past its lease lost its message (broker down at commit,
+    Redis restarted, a retry publish dropped). Each gets a new task id and a
+    lease pushed MAILER_STALE_AFTER ahead, so the next sweep leaves it
+    alone; the claim keeps a late original and the new copy from both
+    sending. Works in batches of `batch_size`, at most `max_batches`.
+    """
+    report = SweepReport()
+    for _ in range(max_batches):
+        now = timezone.now()
+        report.reclaimed += _reclaim_dead_attempts(now=now, limit=batch_size)
+        jobs = _lease_due_deliveries(now=now, limit=batch_size)
+        if jobs:
+            try:
+                publish_deliveries([(pk, task_id) for pk, task_id, _ in jobs])
+            except Exception:  # noqa: BLE001 - leave the rows due for the next sweep
+                logger.exception("Sweep could not publish %d deliveries", len(jobs))
+                _release_leases(jobs)
+                report.not_published.extend(pk for pk, _, _ in jobs)
+                break
+            report.redispatched.extend(pk for pk, _, _ in jobs)
+        if len(jobs) < batch_size:
+            break
+    return report
+
+
+def _reclaim_dead_attempts(*, now: datetime, limit: int) -> int:
+    """Move sending rows whose lease has passed back to pending."""
+    dead = Delivery.objects.filter(
+        status=Delivery.Status.SENDING, lease_expires_at__lt=now
+    )
+    ids = list(dead.order_by("lease_expires_at").values_list("pk", flat=True)[:limit])
+    if not ids:
+        return 0
+    return dead.filter(pk__in=ids).update(
+        status=Delivery.Status.PENDING, updated_at=now
+    )
+
+
+@transaction.atomic
+def _lease_due_deliveries(*, now: datetime, limit: int) -> list[tuple]:
+    """Give due pending rows a new task id and lease; return (id, task, old lease).
+
+    Each row is taken with a compare-and-set on its old lease, so of two
+    sweeps running at once only one takes it.
+    """
+    due = Delivery.objects.filter(
+        status=Delivery.Status.PENDING, lease_expires_at__lt=now
+    ).order_by("lease_expires_at")
+    lease = now + _stale_after()
+    jobs = []
+    for pk, old_lease in due.values_list("pk", "lease_expires_at")[:limit]:
+        task_id = str(uuid.uuid4())
+        taken = Delivery.objects.filter(
+            pk=pk, status=Delivery.Status.PENDING, lease_expires_at=old_lease
+        ).update(task_id=task_id, lease_expires_at=lease, updated_at=now)
+        if taken:
+            jobs.append((pk, task_id, old_lease))
+    return jobs
+
+
+def _release_leases(jobs: list[tuple]) -> None:
+    """Make rows whose publish failed due again, unless a worker took them."""
+    for pk, task_id, old_lease in jobs:
+        Delivery.objects.filter(
+            pk=pk, status=Delivery.Status.PENDING, task_id=task_id
+        ).update(lease_expires_at=old_lease)
 
 
 def _claimed_by(delivery_id: int, task_id: str):

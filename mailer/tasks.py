@@ -92,6 +92,28 @@ def _log(delivery_id, task_id, retries, outcome, code, elapsed) -> None:
     )
 
 
+@shared_task(ignore_result=True)
+def sweep_stale_deliveries() -> dict[str, int]:
+    """Re-dispatch outbox rows left pending or sending past their lease (beat)."""
+    report = services.sweep_stale_deliveries()
+    level = (
+        logging.WARNING if report.redispatched or report.not_published else logging.INFO
+    )
+    logger.log(
+        level,
+        "sweep reclaimed=%d redispatched=%d not_published=%d deliveries=%s",
+        report.reclaimed,
+        len(report.redispatched),
+        len(report.not_published),
+        ",".join(map(str, report.redispatched + report.not_published)) or "-",
+    )
+    return {
+        "reclaimed": report.reclaimed,
+        "redispatched": len(report.redispatched),
+        "not_published": len(report.not_published),
+    }
+
+
 @worker_shutdown.connect
 @worker_process_shutdown.connect
 def close_smtp_connections(**kwargs) -> None:

@@ -188,6 +188,17 @@ CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_TIME_LIMIT = MAILER_SEND_TIME_LIMIT
 CELERY_TIMEZONE = TIME_ZONE
 
+# --- Beat -------------------------------------------------------------------
+
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stale-deliveries": {
+        "task": "mailer.tasks.sweep_stale_deliveries",
+        "schedule": MAILER_SWEEP_INTERVAL,
+        # A sweep no worker picked up in time is superseded by the next one.
+        "options": {"expires": MAILER_SWEEP_INTERVAL},
+    },
+}
+
 # --- Logging ----------------------------------------------------------------
 
 LOGGING = {

@@ -267,3 +267,54 @@ class WorkerProcess:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
         self.process = None
+
+
+class BeatProcess:
+    """`celery -A celery_app beat` as a real process, schedule file in a temp dir."""
+
+    def __init__(self, *, env: dict[str, str], log_path: Path | None = None) -> None:
+        self.env = env
+        self.directory = Path(tempfile.mkdtemp(prefix="test-beat-"))
+        self.log_path = log_path or self.directory / "beat.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, *, timeout: float = 30.0) -> "BeatProcess":
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "celery_app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(self.directory / "celerybeat-schedule"),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_until(self._started, timeout=timeout, what="beat started")
+        return self
+
+    def _started(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"beat exited early:\n{self.log()}")
+        return b"beat: Starting..." in self.log_path.read_bytes()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,54 @@
+import logging
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from mailer.models import Delivery
+from mailer.services import sweep_stale_deliveries
+from mailer.tasks import sweep_stale_deliveries as sweep_task
+from tests.factories import DeliveryFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_sweep_leaves_rows_whose_lease_has_not_passed():
+    later = timezone.now() + timedelta(minutes=5)
+    pending = DeliveryFactory(lease_expires_at=later)
+    sending = DeliveryFactory(status=Delivery.Status.SENDING, lease_expires_at=later)
+
+    report = sweep_stale_deliveries()
+
+    assert (report.reclaimed, report.redispatched) == (0, [])
+    for row in (pending, sending):
+        fresh = Delivery.objects.get(pk=row.pk)
+        assert (fresh.status, fresh.task_id) == (row.status, row.task_id)
+
+
+def test_a_sweep_never_touches_sent_or_failed_rows():
+    earlier = timezone.now() - timedelta(hours=1)
+    sent = DeliveryFactory(status=Delivery.Status.SENT, lease_expires_at=earlier)
+    failed = DeliveryFactory(status=Delivery.Status.FAILED, lease_expires_at=earlier)
+
+    report = sweep_stale_deliveries()
+
+    assert (report.reclaimed, report.redispatched) == (0, [])
+    assert Delivery.objects.get(pk=sent.pk).status == Delivery.Status.SENT
+    assert Delivery.objects.get(pk=failed.pk).status == Delivery.Status.FAILED
+
+
+def test_the_sweep_task_logs_what_it_did(caplog):
+    with caplog.at_level(logging.INFO, logger="mailer.tasks"):
+        result = sweep_task.apply().get()
+
+    assert result == {"reclaimed": 0, "redispatched": 0, "not_published": 0}
+    assert "sweep reclaimed=0 redispatched=0 not_published=0" in caplog.text
+
+
+def test_beat_schedules_the_sweep_every_sweep_interval(settings):
+    from celery_app import app
+
+    entry = app.conf.beat_schedule["sweep-stale-deliveries"]
+
+    assert entry["task"] == sweep_task.name
+    assert entry["schedule"] == settings.MAILER_SWEEP_INTERVAL
