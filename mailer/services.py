@@ -1,7 +1,9 @@
 """The outbox: create a delivery, dispatch it, claim it, send it, record it."""
 
+import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import make_msgid
@@ -280,6 +282,176 @@ def _release_leases(jobs: list[tuple]) -> None:
         Delivery.objects.filter(
             pk=pk, status=Delivery.Status.PENDING, task_id=task_id
         ).update(lease_expires_at=old_lease)
+
+
+BROKER_CHECK_TIMEOUT = 2.0  # seconds
+
+
+class UnknownDeliveries(ValueError):
+    """Some of the delivery ids asked for do not exist."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(ids)
+        self.ids = ids
+
+
+@dataclass(frozen=True)
+class FailedDelivery:
+    """A failed outbox row as an operator sees it before a rerun."""
+
+    delivery_id: int
+    email: str
+    failed_at: datetime
+    smtp_code: int | None
+    last_error: str
+    task_id: str
+    task_result: str  # the failed TaskResult's exception, "" when none is stored
+
+
+@dataclass
+class ResendReport:
+    """What a rerun did (or, for a dry run, would do)."""
+
+    dry_run: bool
+    rerun: list[FailedDelivery] = field(default_factory=list)
+    skipped: dict[str, list[int]] = field(default_factory=dict)
+
+
+class ResendInterrupted(BrokerUnreachable):
+    """The broker failed mid-rerun; the report says what was rerun before."""
+
+    def __init__(self, report: ResendReport, left_failed: int) -> None:
+        super().__init__(f"{left_failed} deliveries left failed")
+        self.report = report
+        self.left_failed = left_failed
+
+
+def resend_failed_deliveries(
+    *,
+    ids: list[int] | None = None,
+    since: datetime | None = None,
+    limit: int | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ResendReport:
+    """Rerun failed rows: back to pending with a new task id, published in batches.
+
+    Only failed rows are rerun; asked-for rows in another state are reported
+    as skipped (a sent row is never resent). The broker is checked before any
+    row changes; a batch whose publish fails goes back to failed, so no row is
+    left marked for a rerun that was never published. Raises
+    `UnknownDeliveries`, `BrokerUnreachable` or `ResendInterrupted`.
+    """
+    report = ResendReport(dry_run=dry_run)
+    failed = Delivery.objects.filter(status=Delivery.Status.FAILED)
+    if ids:
+        report.skipped = _skipped_by_id(ids)
+        failed = failed.filter(pk__in=ids)
+    if since is not None:
+        failed = failed.filter(updated_at__gte=since)
+    candidates = _failed_deliveries(failed.order_by("pk")[:limit])
+    if dry_run or not candidates:
+        report.rerun = candidates
+        return report
+    check_broker(timeout=BROKER_CHECK_TIMEOUT)
+    for start in range(0, len(candidates), PUBLISH_BATCH_SIZE):
+        batch = candidates[start : start + PUBLISH_BATCH_SIZE]
+        jobs = _mark_for_rerun(batch)
+        try:
+            publish_deliveries([(pk, task_id) for pk, task_id, _ in jobs])
+        except Exception as error:  # noqa: BLE001 - any publish error: undo the batch
+            _unmark_rerun(jobs)
+            logger.exception("Rerun publish failed; batch put back to failed")
+            raise ResendInterrupted(report, len(candidates) - start) from error
+        rerun_ids = {pk for pk, _, _ in jobs}
+        report.rerun.extend(row for row in batch if row.delivery_id in rerun_ids)
+        if progress is not None:
+            progress(start + len(batch), len(candidates))
+    return report
+
+
+def _skipped_by_id(ids: list[int]) -> dict[str, list[int]]:
+    """Check asked-for ids; return the ones that are not failed, by reason."""
+    statuses = dict(Delivery.objects.filter(pk__in=ids).values_list("pk", "status"))
+    missing = sorted(set(ids) - set(statuses))
+    if missing:
+        raise UnknownDeliveries(missing)
+    skipped: dict[str, list[int]] = {}
+    reasons = {
+        Delivery.Status.SENT: "already sent",
+        Delivery.Status.PENDING: "not failed: pending, a send is scheduled",
+        Delivery.Status.SENDING: "not failed: being sent now",
+    }
+    for pk, status in sorted(statuses.items()):
+        if status != Delivery.Status.FAILED:
+            skipped.setdefault(reasons[status], []).append(pk)
+    return skipped
+
+
+def _failed_deliveries(rows) -> list[FailedDelivery]:
+    """Describe failed rows with the failed task result stored for each."""
+    rows = list(
+        rows.values_list(
+            "pk", "user__email", "updated_at", "smtp_code", "last_error", "task_id"
+        )
+    )
+    results = failed_task_results([row[-1] for row in rows if row[-1]])
+    return [FailedDelivery(*row, task_result=results.get(row[-1], "")) for row in rows]
+
+
+def failed_task_results(task_ids: list[str]) -> dict[str, str]:
+    """Map task ids to the exception their failed django-celery-results row holds."""
+    from django_celery_results.models import TaskResult
+
+    found = {}
+    for start in range(0, len(task_ids), 500):
+        chunk = task_ids[start : start + 500]
+        for task_id, result in TaskResult.objects.filter(
+            task_id__in=chunk, status="FAILURE"
+        ).values_list("task_id", "result"):
+            found[task_id] = _describe_exception(result)
+    return found
+
+
+def _describe_exception(result: str | None) -> str:
+    try:
+        data = json.loads(result or "")
+        message = data.get("exc_message")
+        if isinstance(message, list | tuple):
+            message = ", ".join(map(str, message))
+        return f"{data.get('exc_type', 'error')}: {message}"
+    except (ValueError, AttributeError):
+        return (result or "")[:200]
+
+
+@transaction.atomic
+def _mark_for_rerun(batch: list[FailedDelivery]) -> list[tuple[int, str, str]]:
+    """Move still-failed rows back to pending with new task ids; return jobs."""
+    now = timezone.now()
+    lease = now + _stale_after()
+    jobs = []
+    for row in batch:
+        task_id = str(uuid.uuid4())
+        marked = Delivery.objects.filter(
+            pk=row.delivery_id, status=Delivery.Status.FAILED
+        ).update(
+            status=Delivery.Status.PENDING,
+            task_id=task_id,
+            lease_expires_at=lease,
+            updated_at=now,
+        )
+        if marked:
+            jobs.append((row.delivery_id, task_id, row.task_id))
+    return jobs
+
+
+def _unmark_rerun(jobs: list[tuple[int, str, str]]) -> None:
+    """Put rows whose publish failed back to failed, unless a worker took them."""
+    with transaction.atomic():
+        for pk, task_id, old_task_id in jobs:
+            Delivery.objects.filter(
+                pk=pk, status=Delivery.Status.PENDING, task_id=task_id
+            ).update(status=Delivery.Status.FAILED, task_id=old_task_id)
 
 
 def _claimed_by(delivery_id: int, task_id: str):
