@@ -153,7 +153,7 @@ class BrokerUnreachable(Exception):
     """The broker did not answer within the check's timeout."""
 
 
-def check_broker(*, timeout: float) -> None:
+def check_broker(*, timeout: float, url: str | None = None) -> None:
     """Open one connection to the broker; raise BrokerUnreachable if it fails.
 
     Connecting to Redis pings it, so a stopped or frozen server fails here
@@ -162,6 +162,7 @@ def check_broker(*, timeout: float) -> None:
     from mailer.tasks import send_welcome_email
 
     connection = send_welcome_email.app.connection_for_write(
+        url,
         connect_timeout=timeout,
         transport_options={
             "socket_timeout": timeout,
@@ -285,6 +286,21 @@ def _release_leases(jobs: list[tuple]) -> None:
 
 
 BROKER_CHECK_TIMEOUT = 2.0  # seconds
+
+
+def oldest_undelivered_age() -> float | None:
+    """Seconds since the oldest pending or sending row was created; None if none."""
+    oldest = (
+        Delivery.objects.filter(
+            status__in=[Delivery.Status.PENDING, Delivery.Status.SENDING]
+        )
+        .order_by("created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if oldest is None:
+        return None
+    return round((timezone.now() - oldest).total_seconds(), 1)
 
 
 class UnknownDeliveries(ValueError):

@@ -199,6 +199,11 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- Health -----------------------------------------------------------------
+
+# Seconds /healthz waits for the database and the broker before answering 503.
+HEALTHZ_TIMEOUT = env.float("HEALTHZ_TIMEOUT", default=1.0)
+
 # --- Logging ----------------------------------------------------------------
 
 LOGGING = {
