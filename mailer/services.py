@@ -230,13 +230,13 @@ def sweep_stale_deliveries(
         jobs = _lease_due_deliveries(now=now, limit=batch_size)
         if jobs:
             try:
-                publish_deliveries([(pk, task_id) for pk, task_id, _ in jobs])
+                publish_deliveries([(job[0], job[1]) for job in jobs])
             except Exception:  # noqa: BLE001 - leave the rows due for the next sweep
                 logger.exception("Sweep could not publish %d deliveries", len(jobs))
                 _release_leases(jobs)
-                report.not_published.extend(pk for pk, _, _ in jobs)
+                report.not_published.extend(job[0] for job in jobs)
                 break
-            report.redispatched.extend(pk for pk, _, _ in jobs)
+            report.redispatched.extend(job[0] for job in jobs)
         if len(jobs) < batch_size:
             break
     return report
@@ -257,8 +257,9 @@ def _reclaim_dead_attempts(*, now: datetime, limit: int) -> int:
 
 @transaction.atomic
 def _lease_due_deliveries(*, now: datetime, limit: int) -> list[tuple]:
-    """Give due pending rows a new task id and lease; return (id, task, old lease).
+    """Give due pending rows a new task id and lease.
 
+    Returns (id, new task id, old lease, old task id) for each row taken.
     Each row is taken with a compare-and-set on its old lease, so of two
     sweeps running at once only one takes it.
     """
@@ -267,22 +268,23 @@ def _lease_due_deliveries(*, now: datetime, limit: int) -> list[tuple]:
     ).order_by("lease_expires_at")
     lease = now + _stale_after()
     jobs = []
-    for pk, old_lease in due.values_list("pk", "lease_expires_at")[:limit]:
+    rows = due.values_list("pk", "lease_expires_at", "task_id")[:limit]
+    for pk, old_lease, old_task_id in rows:
         task_id = str(uuid.uuid4())
         taken = Delivery.objects.filter(
             pk=pk, status=Delivery.Status.PENDING, lease_expires_at=old_lease
         ).update(task_id=task_id, lease_expires_at=lease, updated_at=now)
         if taken:
-            jobs.append((pk, task_id, old_lease))
+            jobs.append((pk, task_id, old_lease, old_task_id))
     return jobs
 
 
 def _release_leases(jobs: list[tuple]) -> None:
     """Make rows whose publish failed due again, unless a worker took them."""
-    for pk, task_id, old_lease in jobs:
+    for pk, task_id, old_lease, old_task_id in jobs:
         Delivery.objects.filter(
             pk=pk, status=Delivery.Status.PENDING, task_id=task_id
-        ).update(lease_expires_at=old_lease)
+        ).update(lease_expires_at=old_lease, task_id=old_task_id)
 
 
 BROKER_CHECK_TIMEOUT = 2.0  # seconds

@@ -157,3 +157,28 @@ def test_a_message_lost_in_a_redis_restart_is_swept_and_sent_once(private_redis,
         beat.cleanup()
         worker.stop()
     assert len(smtp.mails_to("restart@example.com")) == 1
+
+
+def test_a_sweep_that_cannot_publish_leaves_the_row_due_as_it_was(private_redis):
+    due = timezone.now() - timedelta(seconds=5)
+    delivery = DeliveryFactory(user__email="later@example.com", lease_expires_at=due)
+    env = worker_env(REDIS_URL=private_redis.url)  # never started: nothing listens
+    code = (
+        "from mailer.services import sweep_stale_deliveries; "
+        "print(sweep_stale_deliveries())"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert f"not_published=[{delivery.pk}]" in result.stdout, result.stderr
+    assert "Sweep could not publish 1 deliveries" in result.stderr
+    unchanged = Delivery.objects.get(pk=delivery.pk)
+    assert (unchanged.status, unchanged.task_id) == ("pending", delivery.task_id)
+    assert unchanged.lease_expires_at == due
