@@ -7,6 +7,7 @@ import time
 from celery import Task, shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
 from django.conf import settings
+from django.db import DatabaseError, connection
 
 from mailer import services
 from mailer.smtp import ReusedConnection, classify_smtp_error
@@ -27,7 +28,16 @@ def send_welcome_email(self: Task, delivery_id: int) -> str:
     Returns "sent", or "skipped" when another attempt owns or finished the row.
     """
     task_id = self.request.id
-    delivery = services.claim_delivery(delivery_id=delivery_id, task_id=task_id)
+    try:
+        delivery = services.claim_delivery(delivery_id=delivery_id, task_id=task_id)
+    except DatabaseError as error:  # nothing claimed, nothing sent: try later
+        retries = self.request.retries
+        _log(delivery_id, task_id, retries, "database-retry", None, 0.0)
+        raise self.retry(
+            exc=error,
+            countdown=retry_countdown(retries),
+            max_retries=settings.MAILER_MAX_RETRIES,
+        ) from error
     if delivery is None:
         _log(delivery_id, task_id, self.request.retries, "skipped", None, 0.0)
         return "skipped"
@@ -59,7 +69,7 @@ def send_welcome_email(self: Task, delivery_id: int) -> str:
         )
         _log(delivery_id, task_id, retries, "failed", failure.code, elapsed)
         raise
-    services.mark_sent(delivery_id=delivery_id, task_id=task_id)
+    _record_sent(delivery_id, task_id)
     _log(
         delivery_id,
         task_id,
@@ -69,6 +79,27 @@ def send_welcome_email(self: Task, delivery_id: int) -> str:
         time.monotonic() - started,
     )
     return "sent"
+
+
+def _record_sent(delivery_id: int, task_id: str) -> None:
+    """Record an accepted mail, riding out a short database outage.
+
+    The relay already has the mail; giving up here leaves the row to the
+    sweeper, which would send it again, so keep trying for a while.
+    """
+    deadline = time.monotonic() + settings.MAILER_STALE_AFTER / 2
+    while True:
+        try:
+            services.mark_sent(delivery_id=delivery_id, task_id=task_id)
+            return
+        except DatabaseError:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning(
+                "Recording delivery %s as sent failed; retrying", delivery_id
+            )
+            connection.close()
+            time.sleep(0.5)
 
 
 def retry_countdown(retries: int) -> float:

@@ -78,9 +78,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(exist_ok=True)
     # The web process and the worker write the same file: WAL lets readers
     # and one writer overlap, IMMEDIATE avoids lock upgrades that fail fast.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options.setdefault("timeout", 20)  # DATABASE_URL=sqlite:///...?timeout=N
+    options.update(
         {
-            "timeout": 20,
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }

@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -126,10 +127,15 @@ class ReceivedMail:
 
 @dataclass
 class SmtpScript:
-    """Replies the test server gives, per recipient, attempt by attempt."""
+    """Replies the test server gives, per recipient, attempt by attempt.
+
+    `delay` stalls after the message data arrived (the relay has the mail);
+    `rcpt_delay` stalls at RCPT TO, before any data was sent.
+    """
 
     replies: dict[str, list[str]] = field(default_factory=dict)
     delay: float = 0.0
+    rcpt_delay: float = 0.0
 
 
 class RecordingHandler:
@@ -139,6 +145,9 @@ class RecordingHandler:
         self.lock = threading.Lock()
         self.received: list[ReceivedMail] = []
         self.attempts: dict[str, int] = defaultdict(int)
+        self.attempt_times: dict[str, list[float]] = defaultdict(list)
+        self.data_started = 0
+        self.rcpt_seen = 0
         self.connections = 0
         self.script = SmtpScript()
 
@@ -146,8 +155,19 @@ class RecordingHandler:
         with self.lock:
             self.received.clear()
             self.attempts.clear()
+            self.attempt_times.clear()
+            self.data_started = 0
+            self.rcpt_seen = 0
             self.connections = 0
             self.script = SmtpScript()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self.lock:
+            self.rcpt_seen += 1
+        if self.script.rcpt_delay:
+            await asyncio.sleep(self.script.rcpt_delay)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -156,21 +176,25 @@ class RecordingHandler:
         return responses
 
     async def handle_DATA(self, server, session, envelope) -> str:
-        if self.script.delay:
-            await asyncio.sleep(self.script.delay)
         with self.lock:
+            self.data_started += 1
             reply = "250 Message accepted for delivery"
             for rcpt in envelope.rcpt_tos:
                 self.attempts[rcpt] += 1
+                self.attempt_times[rcpt].append(time.monotonic())
                 scripted = self.script.replies.get(rcpt.lower())
                 if scripted:
                     reply = scripted.pop(0)
             if reply.startswith("250"):
+                # Like a real relay: once the data is in, the mail is queued,
+                # whether or not the client is still there for the reply.
                 self.received.append(
                     ReceivedMail(
                         envelope.mail_from, list(envelope.rcpt_tos), envelope.content
                     )
                 )
+        if self.script.delay:
+            await asyncio.sleep(self.script.delay)
         return reply
 
     def mails_to(self, address: str) -> list[ReceivedMail]:
@@ -267,6 +291,88 @@ class WorkerProcess:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
         self.process = None
+
+
+class SilentSmtpServer:
+    """Accepts TCP connections on a port and never says a word."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.settimeout(0.1)
+        self.accepted: list[socket.socket] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def start(self) -> "SilentSmtpServer":
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        self.thread.start()
+        return self
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted.append(conn)
+
+    def stop(self) -> None:
+        # Let the accept loop end first: a socket closed under a blocked
+        # accept() keeps its port bound.
+        self.stopping.set()
+        self.thread.join(2)
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+class AppProcess:
+    """A project process (gunicorn, celery beat, ...) with its own environment."""
+
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        ready: bytes,
+        log_dir: Path,
+    ) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.ready = ready
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, *, timeout: float = 30.0) -> "AppProcess":
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", *self.args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_until(self._ready, timeout=timeout, what=f"{self.name} ready")
+        return self
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited early:\n{self.log()}")
+        return self.ready in self.log_path.read_bytes()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=15)
+            self.process = None
 
 
 class BeatProcess:

@@ -1,0 +1,218 @@
+"""The fault stack: a private redis-server, SMTP server, web, worker and beat.
+
+Every fault test builds its own stack of real processes, breaks one of them,
+and counts what arrives at the SMTP server. Every process is stopped by pid
+when the test ends, whatever happened.
+"""
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import worker_env
+from tests.services import free_port
+from tests.support import (
+    ROOT,
+    AppProcess,
+    RedisServer,
+    SilentSmtpServer,
+    SmtpServer,
+    WorkerProcess,
+)
+
+# Short, fast versions of the production timings, so a test sees several
+# retries and sweeps within seconds. Ratios between them are kept: the
+# send time limit stays below the visibility timeout, the backoff cap too.
+FAULT_ENV = {
+    "MAILER_RETRY_BACKOFF": "0.5",
+    "MAILER_RETRY_BACKOFF_MAX": "4",
+    "MAILER_MAX_RETRIES": "12",
+    "MAILER_STALE_AFTER": "3",
+    "MAILER_SWEEP_INTERVAL": "1",
+    "MAILER_SEND_TIME_LIMIT": "10",
+    "EMAIL_TIMEOUT": "2",
+    "CELERY_VISIBILITY_TIMEOUT": "30",
+}
+
+PASSWORD = "correct horse battery staple"
+RESULTS = ROOT / "var" / "fault-matrix.json"
+
+
+@dataclass
+class FaultStack:
+    """Real processes for one fault test, each tracked and stopped by pid."""
+
+    log_dir: Path
+    redis: RedisServer
+    smtp_port: int
+    env: dict[str, str]
+    smtp: SmtpServer | None = None
+    silent: SilentSmtpServer | None = None
+    web: AppProcess | None = None
+    web_port: int = 0
+    beat: AppProcess | None = None
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_smtp(self) -> SmtpServer:
+        self.smtp = SmtpServer(self.smtp_port).start()
+        return self.smtp
+
+    def stop_smtp(self) -> None:
+        if self.smtp is not None:
+            self.smtp.stop()
+        if self.silent is not None:
+            self.silent.stop()
+            self.silent = None
+
+    def start_silent_smtp(self) -> SilentSmtpServer:
+        self.silent = SilentSmtpServer(self.smtp_port).start()
+        return self.silent
+
+    def start_web(self) -> AppProcess:
+        self.web_port = free_port()
+        self.web = AppProcess(
+            "web",
+            [
+                "gunicorn",
+                "project.wsgi",
+                "--bind",
+                f"127.0.0.1:{self.web_port}",
+                "--workers",
+                "2",
+                "--timeout",
+                "30",
+            ],
+            env=self.env,
+            ready=b"Booting worker",
+            log_dir=self.log_dir,
+        ).start()
+        return self.web
+
+    def start_worker(self, name: str = "fault", **options) -> WorkerProcess:
+        worker = WorkerProcess(
+            env=self.env,
+            name=f"{name}{len(self.workers)}",
+            log_path=self.log_dir / f"worker-{name}{len(self.workers)}.log",
+            **options,
+        ).start()
+        self.workers.append(worker)
+        return worker
+
+    def start_beat(self) -> AppProcess:
+        self.beat = AppProcess(
+            "beat",
+            [
+                "celery",
+                "-A",
+                "celery_app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(self.log_dir / "celerybeat-schedule"),
+            ],
+            env=self.env,
+            ready=b"beat: Starting",
+            log_dir=self.log_dir,
+        ).start()
+        return self.beat
+
+    def register(self, email: str) -> tuple[int, float]:
+        """POST /api/register on the real web process; return status and seconds."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.web_port}/api/register",
+            data=json.dumps({"email": email, "password": PASSWORD}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status = response.status
+        except urllib.error.HTTPError as error:
+            status = error.code
+        return status, time.monotonic() - started
+
+    def get(self, path: str) -> tuple[int, dict]:
+        url = f"http://127.0.0.1:{self.web_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def queued_tasks(self) -> dict[str, set[str]]:
+        """Task ids per send-task argument held in Redis (queued or unacked).
+
+        A retry is published under the same task id before its original is
+        acked, so distinct task ids, not raw messages, count the copies.
+        """
+        client = self.redis.client()
+        payloads = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
+        payloads += [json.loads(raw)[0] for raw in client.hvals("unacked")]
+        tasks: dict[str, set[str]] = {}
+        for payload in payloads:
+            headers = payload["headers"]
+            tasks.setdefault(headers["argsrepr"], set()).add(headers["id"])
+        return tasks
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        for process in (self.beat, self.web):
+            if process is not None:
+                process.stop()
+        self.stop_smtp()
+        self.redis.cleanup()
+
+
+@pytest.fixture
+def fault_stack(django_db_blocker, tmp_path):
+    """A stack with its own redis-server and SMTP port; processes start on demand."""
+    redis = RedisServer(free_port()).start()
+    smtp_port = free_port()
+    with django_db_blocker.unblock():
+        env = worker_env(REDIS_URL=redis.url, EMAIL_PORT=str(smtp_port), **FAULT_ENV)
+    stack = FaultStack(log_dir=tmp_path, redis=redis, smtp_port=smtp_port, env=env)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def fault_matrix():
+    """Rows of the fault matrix; written to var/fault-matrix.json at the end."""
+    rows: list[dict] = []
+    yield rows
+    if rows:
+        RESULTS.parent.mkdir(exist_ok=True)
+        previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        previous.update({row["scenario"]: row for row in rows})
+        RESULTS.write_text(json.dumps(previous, indent=2, sort_keys=True))
+
+
+@pytest.fixture
+def record(fault_matrix, request):
+    """Record one scenario's outcome for docs/RELIABILITY.md."""
+
+    def record(
+        *, scenario: str, happened: str, expected: int, arrived: int, duplicates: int
+    ) -> None:
+        fault_matrix.append(
+            {
+                "scenario": scenario,
+                "test": request.node.nodeid,
+                "happened": happened,
+                "expected": expected,
+                "arrived": arrived,
+                "duplicates": duplicates,
+            }
+        )
+
+    return record
