@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format clean
+.PHONY: help install run test lint format clean reliability
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,3 +36,7 @@ format: install ## Format the code and apply safe lint fixes
 
 clean: ## Remove .venv/ and var/ (databases, mails, Redis data)
 	rm -rf $(VENV) var
+
+reliability: install ## Run the fault suite and write its matrix into docs/RELIABILITY.md
+	$(PY) -m pytest tests/faults -q
+	$(PY) -m tests.faults.report

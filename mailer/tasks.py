@@ -98,7 +98,8 @@ def _record_sent(delivery_id: int, task_id: str) -> None:
             logger.warning(
                 "Recording delivery %s as sent failed; retrying", delivery_id
             )
-            connection.close()
+            if not connection.in_atomic_block:
+                connection.close_if_unusable_or_obsolete()  # reconnect next time
             time.sleep(0.5)
 
 

@@ -1,0 +1,48 @@
+"""Write the fault matrix from the last fault-suite run into docs/RELIABILITY.md.
+
+python -m pytest tests/faults && python -m tests.faults.report
+"""
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+RESULTS = ROOT / "var" / "fault-matrix.json"
+DOC = ROOT / "docs" / "RELIABILITY.md"
+START, END = "<!-- fault-matrix:start -->", "<!-- fault-matrix:end -->"
+
+
+def render(rows: dict) -> str:
+    lines = [
+        START,
+        "| scenario | what happened | mails expected | arrived | duplicates | test |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in sorted(rows, key=lambda name: int(name.split(".")[0])):
+        row = rows[key]
+        test = row["test"].split("::")[-1]
+        happened = row["happened"].replace("|", "\\|")
+        lines.append(
+            f"| {row['scenario']} | {happened} | {row['expected']} | "
+            f"{row['arrived']} | {row['duplicates']} | `{test}` |"
+        )
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if not RESULTS.exists():
+        print(f"{RESULTS} not found: run `python -m pytest tests/faults` first")
+        return 1
+    rows = json.loads(RESULTS.read_text())
+    text = DOC.read_text()
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    DOC.write_text(before + render(rows) + after)
+    print(f"wrote {len(rows)} scenarios to {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
