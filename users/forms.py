@@ -29,3 +29,9 @@ class RegistrationForm(forms.Form):
 
 class ActivationForm(forms.Form):
     """The confirm button on the activation page; the token is in the URL."""
+
+
+class ActivationResendForm(forms.Form):
+    """The address that should get a new activation link."""
+
+    email = forms.EmailField(max_length=254)
