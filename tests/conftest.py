@@ -20,7 +20,9 @@ def _fresh_smtp_connections():
 def _fresh_rate_limits():
     """Rate-limit counts of one test do not limit the next (when Redis runs)."""
     yield
-    client = redis.Redis(port=services.REDIS_PORT, socket_connect_timeout=0.5)
+    client = redis.Redis(
+        port=services.REDIS_PORT, socket_connect_timeout=0.5, retry=None
+    )
     try:
         keys = list(client.scan_iter(match="*:ratelimit:*", count=1000))
         if keys:
