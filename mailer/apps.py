@@ -7,8 +7,20 @@ class MailerConfig(AppConfig):
 
     def ready(self) -> None:
         from mailer import checks, receivers  # noqa: F401 - registers checks
-        from users.signals import user_registered
+        from users.signals import (
+            activation_resend_requested,
+            registration_repeated,
+            user_registered,
+        )
 
         user_registered.connect(
             receivers.queue_welcome_email, dispatch_uid="mailer.queue_welcome_email"
+        )
+        registration_repeated.connect(
+            receivers.queue_account_exists_notice,
+            dispatch_uid="mailer.queue_account_exists_notice",
+        )
+        activation_resend_requested.connect(
+            receivers.queue_activation_email,
+            dispatch_uid="mailer.queue_activation_email",
         )

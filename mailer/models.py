@@ -7,6 +7,10 @@ class Delivery(models.Model):
 
     class Kind(models.TextChoices):
         WELCOME = "welcome", "Welcome"
+        # To an address someone registered again: no second account was made.
+        ACCOUNT_EXISTS = "account_exists", "Account exists notice"
+        # A new activation link the person asked for.
+        ACTIVATION = "activation", "Activation link"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -35,11 +39,19 @@ class Delivery(models.Model):
     class Meta:
         verbose_name_plural = "deliveries"
         constraints = [
+            # One welcome mail per person; notices and resends may repeat
+            # (limited by create_repeatable_delivery).
             models.UniqueConstraint(
-                fields=["user", "kind"], name="mailer_delivery_user_kind_unique"
+                fields=["user", "kind"],
+                condition=models.Q(kind="welcome"),
+                name="mailer_delivery_one_welcome_per_user",
             ),
         ]
         indexes = [
+            models.Index(
+                fields=["user", "kind", "created_at"],
+                name="mailer_delivery_recent_idx",
+            ),
             models.Index(
                 fields=["status", "lease_expires_at"], name="mailer_delivery_due_idx"
             ),

@@ -4,10 +4,37 @@ from functools import partial
 
 from django.db import transaction
 
-from mailer.services import create_welcome_delivery, dispatch_after_commit
+from mailer.models import Delivery
+from mailer.services import (
+    create_repeatable_delivery,
+    create_welcome_delivery,
+    dispatch_after_commit,
+)
 
 
 def queue_welcome_email(sender, *, user, **kwargs) -> None:
     """Write the welcome mail's outbox row; publish its task after commit."""
     delivery = create_welcome_delivery(user_id=user.pk)
     transaction.on_commit(partial(dispatch_after_commit, delivery.pk, delivery.task_id))
+
+
+def queue_account_exists_notice(sender, *, user, **kwargs) -> None:
+    """Write a "you already have an account" row unless one went out lately."""
+    delivery = create_repeatable_delivery(
+        user_id=user.pk, kind=Delivery.Kind.ACCOUNT_EXISTS
+    )
+    if delivery is not None:
+        transaction.on_commit(
+            partial(dispatch_after_commit, delivery.pk, delivery.task_id)
+        )
+
+
+def queue_activation_email(sender, *, user, **kwargs) -> None:
+    """Write a new-activation-link row unless one went out lately."""
+    delivery = create_repeatable_delivery(
+        user_id=user.pk, kind=Delivery.Kind.ACTIVATION
+    )
+    if delivery is not None:
+        transaction.on_commit(
+            partial(dispatch_after_commit, delivery.pk, delivery.task_id)
+        )

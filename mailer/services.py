@@ -9,19 +9,15 @@ from datetime import datetime, timedelta
 from email.utils import make_msgid
 
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.db.models import F
-from django.template.loader import render_to_string
-from django.urls import reverse
 from django.utils import timezone
 
+from mailer.messages import build_message
 from mailer.models import Delivery
 from mailer.smtp import ReusedConnection
 
 logger = logging.getLogger(__name__)
-
-WELCOME_SUBJECT = "Welcome! Please activate your account"
 
 
 def create_welcome_delivery(*, user_id: int) -> Delivery:
@@ -31,6 +27,31 @@ def create_welcome_delivery(*, user_id: int) -> Delivery:
         kind=Delivery.Kind.WELCOME,
         task_id=str(uuid.uuid4()),
         message_id=make_msgid(idstring="welcome", domain=_sender_domain()),
+        lease_expires_at=timezone.now() + _stale_after(),
+    )
+
+
+def create_repeatable_delivery(*, user_id: int, kind: str) -> Delivery | None:
+    """Write an outbox row of a kind a person can trigger again and again.
+
+    None when the user got one of this kind within its interval
+    (MAILER_NOTICE_INTERVAL, MAILER_ACTIVATION_RESEND_INTERVAL): a stranger
+    repeating a registration or a resend cannot flood their inbox. Call
+    inside the transaction that holds the user's row lock.
+    """
+    interval = {
+        Delivery.Kind.ACCOUNT_EXISTS: settings.MAILER_NOTICE_INTERVAL,
+        Delivery.Kind.ACTIVATION: settings.MAILER_ACTIVATION_RESEND_INTERVAL,
+    }[kind]
+    since = timezone.now() - timedelta(seconds=interval)
+    recent = Delivery.objects.filter(user_id=user_id, kind=kind, created_at__gt=since)
+    if recent.exists():
+        return None
+    return Delivery.objects.create(
+        user_id=user_id,
+        kind=kind,
+        task_id=str(uuid.uuid4()),
+        message_id=make_msgid(idstring=kind, domain=_sender_domain()),
         lease_expires_at=timezone.now() + _stale_after(),
     )
 
@@ -82,31 +103,8 @@ def claim_delivery(*, delivery_id: int, task_id: str) -> Delivery | None:
 
 
 def send_delivery(delivery: Delivery) -> None:
-    """Render the welcome mail for a claimed row and hand it to SMTP."""
-    ReusedConnection.send(build_welcome_message(delivery))
-
-
-def build_welcome_message(delivery: Delivery) -> EmailMultiAlternatives:
-    """Return the text + HTML welcome mail with its activation link."""
-    from users.tokens import make_activation_token
-
-    token = make_activation_token(delivery.user)
-    context = {
-        "activation_url": settings.SITE_URL
-        + reverse("users:activate", kwargs={"token": token}),
-        "valid_days": max(1, settings.ACCOUNT_ACTIVATION_MAX_AGE // 86400),
-    }
-    message = EmailMultiAlternatives(
-        subject=WELCOME_SUBJECT,
-        body=render_to_string("mailer/welcome.txt", context),
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        to=[delivery.user.email],
-        headers={"Message-ID": delivery.message_id},
-    )
-    message.attach_alternative(
-        render_to_string("mailer/welcome.html", context), "text/html"
-    )
-    return message
+    """Render the mail for a claimed row (by its kind) and hand it to SMTP."""
+    ReusedConnection.send(build_message(delivery))
 
 
 def mark_sent(*, delivery_id: int, task_id: str) -> bool:

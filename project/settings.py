@@ -1,5 +1,6 @@
 """Settings for the welcome-mail service, read from the environment (12-factor)."""
 
+import ssl
 from pathlib import Path
 
 import environ
@@ -66,6 +67,30 @@ TEMPLATES = [
         },
     },
 ]
+
+# --- Security ---------------------------------------------------------------
+
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips any
+# a client sent): trust it for request.is_secure() and redirect http to https.
+SECURE_PROXY = env.bool("DJANGO_SECURE_PROXY", default=False)
+if SECURE_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=SECURE_PROXY)
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env.int(
+    "DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 365 * 86400
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool(
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True
+)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
+# Activation links carry their token in the path: no Referer leaves the site.
+SECURE_REFERRER_POLICY = "same-origin"
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# Proxies in front of the app that append to X-Forwarded-For; 0 trusts none and
+# rate limits key on REMOTE_ADDR (a client can write any X-Forwarded-For).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 
 # --- Database ---------------------------------------------------------------
 
@@ -155,11 +180,54 @@ MAILER_SWEEP_INTERVAL = env.float("MAILER_SWEEP_INTERVAL", default=60.0)
 # Hard limit on one send attempt; must stay below MAILER_STALE_AFTER so a
 # claimed row is never re-dispatched while its first attempt can still send.
 MAILER_SEND_TIME_LIMIT = env.float("MAILER_SEND_TIME_LIMIT", default=120.0)
+# Mails a person can trigger again and again: at most one per address per interval
+# (seconds), kept in the database so it holds even when Redis rate limits fail open.
+MAILER_NOTICE_INTERVAL = env.int("MAILER_NOTICE_INTERVAL", default=3600)
+MAILER_ACTIVATION_RESEND_INTERVAL = env.int(
+    "MAILER_ACTIVATION_RESEND_INTERVAL", default=900
+)
+
+# --- Redis: broker and rate-limit cache ----------------------------------------
+
+# redis://[:password@]host:port/db, or rediss:// for TLS (certificate verified;
+# REDIS_SSL_CA_CERTS names a CA bundle for a private CA).
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+REDIS_SSL_CA_CERTS = env.str("REDIS_SSL_CA_CERTS", default="")
+REDIS_TLS = REDIS_URL.startswith("rediss://")
+_redis_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+if REDIS_SSL_CA_CERTS:
+    _redis_ssl["ssl_ca_certs"] = REDIS_SSL_CA_CERTS
+
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # Shared by every web worker, so a limit holds across processes.
+    "ratelimit": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "welcome",
+        "OPTIONS": {
+            # A frozen Redis costs a request half a second, then limits fail open.
+            "socket_timeout": 0.5,
+            "socket_connect_timeout": 0.5,
+            **(_redis_ssl if REDIS_TLS else {}),
+        },
+    },
+}
+
+# --- Rate limits ----------------------------------------------------------------
+
+# "N/s", "N/m", "N/h" or "N/d" per client IP or per address; empty turns one off.
+RATELIMIT_REGISTER_IP = env.str("RATELIMIT_REGISTER_IP", default="60/h")
+RATELIMIT_REGISTER_ADDRESS = env.str("RATELIMIT_REGISTER_ADDRESS", default="5/h")
+RATELIMIT_RESEND_IP = env.str("RATELIMIT_RESEND_IP", default="20/h")
+RATELIMIT_RESEND_ADDRESS = env.str("RATELIMIT_RESEND_ADDRESS", default="3/h")
 
 # --- Celery -----------------------------------------------------------------
 
-REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = REDIS_URL
+if REDIS_TLS:
+    # Without it kombu connects to rediss:// with certificate checks off.
+    CELERY_BROKER_USE_SSL = _redis_ssl
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Longer than any countdown the send task asks for (backoff cap, time

@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import redis
 from django.db import connection
 
 from mailer.smtp import ReusedConnection
@@ -13,6 +14,26 @@ def _fresh_smtp_connections():
     """No SMTP connection kept by one test leaks into the next."""
     yield
     ReusedConnection.close_all()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    """Rate-limit counts of one test do not limit the next (when Redis runs)."""
+    yield
+    client = redis.Redis(
+        port=services.REDIS_PORT,
+        socket_connect_timeout=0.5,
+        socket_timeout=1,  # a test may leave the server stopped or frozen
+        retry=None,
+    )
+    try:
+        keys = list(client.scan_iter(match="*:ratelimit:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # the suite's redis-server is not running: nothing was counted
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,18 @@ from django.contrib.auth import password_validation
 from users.models import User
 
 
+def validate_local_part_length(value: str) -> None:
+    """RFC 5321 allows 64 octets before the @; relays refuse longer ones."""
+    if len(value.rpartition("@")[0].encode()) > 64:
+        raise forms.ValidationError(
+            "The part before @ can be at most 64 characters.", code="invalid"
+        )
+
+
 class RegistrationForm(forms.Form):
     """Email and password, validated as Django validates account passwords."""
 
-    email = forms.EmailField(max_length=254)
+    email = forms.EmailField(max_length=254, validators=[validate_local_part_length])
     password = forms.CharField(
         max_length=128,
         strip=False,
@@ -29,3 +37,9 @@ class RegistrationForm(forms.Form):
 
 class ActivationForm(forms.Form):
     """The confirm button on the activation page; the token is in the URL."""
+
+
+class ActivationResendForm(forms.Form):
+    """The address that should get a new activation link."""
+
+    email = forms.EmailField(max_length=254, validators=[validate_local_part_length])

@@ -5,7 +5,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from users.models import User
-from users.signals import user_registered
+from users.signals import (
+    activation_resend_requested,
+    registration_repeated,
+    user_registered,
+)
 from users.tokens import read_activation_token
 
 
@@ -13,24 +17,56 @@ class EmailAlreadyRegistered(Exception):
     """An account with this address exists, in some letter case."""
 
 
-@transaction.atomic
 def register_user(*, email: str, password: str) -> User:
     """Create an inactive account and announce it with `user_registered`.
 
-    Raises `EmailAlreadyRegistered` (after hashing anyway, so both answers
-    take the same time) when the address is taken in any letter case.
+    When the address is taken in any letter case, announce that instead with
+    `registration_repeated` (the owner gets a notice, not a second account)
+    and raise `EmailAlreadyRegistered`. The password is hashed either way, so
+    both answers take the same time.
     """
     email = User.objects.normalize_email(email)
-    hashed = make_password(password)
-    if User.objects.filter(email__iexact=email).exists():
+    user, created = _create_or_find_user(email=email, hashed=make_password(password))
+    if not created:
         raise EmailAlreadyRegistered(email)
-    try:
-        with transaction.atomic():
-            user = User.objects.create(email=email, password=hashed)
-    except IntegrityError as exc:  # a concurrent registration won the race
-        raise EmailAlreadyRegistered(email) from exc
-    user_registered.send(sender=User, user=user)
     return user
+
+
+@transaction.atomic
+def _create_or_find_user(*, email: str, hashed: str) -> tuple[User, bool]:
+    # The lock serializes repeated registrations of one address.
+    existing = User.objects.select_for_update().filter(email__iexact=email).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                user = User.objects.create(email=email, password=hashed)
+        except IntegrityError:  # a concurrent registration won the race
+            existing = User.objects.get(email__iexact=email)
+        else:
+            user_registered.send(sender=User, user=user)
+            return user, True
+    registration_repeated.send(sender=User, user=existing)
+    return existing, False
+
+
+@transaction.atomic
+def request_activation_resend(*, email: str) -> None:
+    """Announce `activation_resend_requested` if the address awaits activation.
+
+    Says nothing either way: the caller answers the same for any address. An
+    account an admin deactivated after activation gets no new link.
+    """
+    user = (
+        User.objects.select_for_update()
+        .filter(
+            email__iexact=User.objects.normalize_email(email),
+            is_active=False,
+            activated_at__isnull=True,
+        )
+        .first()
+    )
+    if user is not None:
+        activation_resend_requested.send(sender=User, user=user)
 
 
 @transaction.atomic
