@@ -368,6 +368,7 @@ class Figures:
         c = self.counts
         self.stack.stop("worker")  # measure dispatch, not sending
         if "resend_failed" not in get_commands():
+            print("   resend_failed: not available (no such command yet)", flush=True)
             self.results["fig5"] = None
             return
         rows = self.make_deliveries(self.emails(5, c.fig5), status="failed")
