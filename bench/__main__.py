@@ -34,6 +34,8 @@ def main() -> None:
     server_url = os.environ.get("DATABASE_URL", "")
     if not server_url.startswith(("postgres://", "postgresql://")):
         server_url = None
+    if server_url:
+        command = f"DATABASE_URL={server_url} {command}"
     directory = Path(tempfile.mkdtemp(prefix="bench-"))
     database = Database(server_url=server_url, directory=directory)
     stack = Stack(directory=directory, database=database)
