@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format clean reliability
+.PHONY: help install run test bench lint format clean reliability
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,6 +24,9 @@ run: install ## Run the whole stack: web :8000, worker, beat, Flower :5555, SMTP
 
 test: install ## Run the whole test suite (starts its own Redis and SMTP servers)
 	$(PY) -m pytest
+
+bench: install ## Benchmark vs the naive way, write docs/BENCHMARKS.md (BENCH_QUICK=1: short run)
+	$(PY) -m bench $(if $(BENCH_QUICK),--quick)
 
 lint: install ## Check formatting, lint rules and that migrations are up to date
 	$(VENV)/bin/ruff format --check .

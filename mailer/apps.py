@@ -6,7 +6,7 @@ class MailerConfig(AppConfig):
     verbose_name = "Mailer"
 
     def ready(self) -> None:
-        from mailer import checks, receivers  # noqa: F401 - registers checks
+        from mailer import checks, connections, receivers  # noqa: F401 - registers
         from users.signals import (
             activation_resend_requested,
             registration_repeated,

@@ -113,9 +113,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # A file, not memory: the suite's worker processes share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
-else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", 60))
-    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# Persistent connections in web and worker processes (see mailer/connections.py
+# for the worker); a health check before reuse catches a server that went away.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", 60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -256,6 +257,11 @@ CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_TIME_LIMIT = MAILER_SEND_TIME_LIMIT
 CELERY_TIMEZONE = TIME_ZONE
+# Celery's Django fixup closes every database connection before and after each
+# task unless this is set (celery/fixups/django.py); then it closes them every
+# N tasks, and mailer/connections.py applies CONN_MAX_AGE and health checks.
+# 0 restores a new connection per task.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 # --- Beat -------------------------------------------------------------------
 
