@@ -14,26 +14,22 @@ from mailer.services import (
 
 def queue_welcome_email(sender, *, user, **kwargs) -> None:
     """Write the welcome mail's outbox row; publish its task after commit."""
-    delivery = create_welcome_delivery(user_id=user.pk)
-    transaction.on_commit(partial(dispatch_after_commit, delivery.pk, delivery.task_id))
+    _dispatch_on_commit(create_welcome_delivery(user_id=user.pk))
 
 
 def queue_account_exists_notice(sender, *, user, **kwargs) -> None:
     """Write a "you already have an account" row unless one went out lately."""
-    delivery = create_repeatable_delivery(
-        user_id=user.pk, kind=Delivery.Kind.ACCOUNT_EXISTS
-    )
-    if delivery is not None:
-        transaction.on_commit(
-            partial(dispatch_after_commit, delivery.pk, delivery.task_id)
-        )
+    kind = Delivery.Kind.ACCOUNT_EXISTS
+    _dispatch_on_commit(create_repeatable_delivery(user_id=user.pk, kind=kind))
 
 
 def queue_activation_email(sender, *, user, **kwargs) -> None:
     """Write a new-activation-link row unless one went out lately."""
-    delivery = create_repeatable_delivery(
-        user_id=user.pk, kind=Delivery.Kind.ACTIVATION
-    )
+    kind = Delivery.Kind.ACTIVATION
+    _dispatch_on_commit(create_repeatable_delivery(user_id=user.pk, kind=kind))
+
+
+def _dispatch_on_commit(delivery: Delivery | None) -> None:
     if delivery is not None:
         transaction.on_commit(
             partial(dispatch_after_commit, delivery.pk, delivery.task_id)
