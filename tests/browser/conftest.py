@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from django.db import connections
 from playwright.sync_api import Page, sync_playwright
 
 from tests.support import ROOT
@@ -64,6 +65,10 @@ def page(chromium_executable, live_server, monkeypatch) -> Page:
             context.close()
         finally:
             browser.close()
+            # Inside the running loop the ORM keeps its connections apart
+            # from the thread's (asgiref's Local); close them here, where
+            # they are visible, or PostgreSQL keeps the test database busy.
+            connections.close_all()
 
 
 class Screenshots:
