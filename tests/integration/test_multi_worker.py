@@ -4,6 +4,8 @@ The workers run on a Redis of this module's own (the suite's session worker
 would otherwise take a share) with a short visibility timeout, so Redis hands
 a killed worker's unacknowledged messages to the next worker that starts:
 kombu restores them on worker start, and on a running worker's periodic sweep.
+A worker stopped with SIGTERM (warm shutdown) hands its reserved messages
+back at once.
 """
 
 import time
@@ -136,3 +138,32 @@ def test_two_workers_share_the_mails_and_a_killed_one_loses_none(
         assert len(smtp.mails_to(delivery.user.email)) == 1, delivery.user.email
     assert len(smtp.received) == 2 * BATCH
     assert redis.hlen("unacked") == 0
+
+
+def test_a_worker_stopped_with_sigterm_finishes_its_sends_and_hands_back_the_rest(
+    broker, start_worker, smtp
+):
+    smtp.script.delay = 1.5  # every send is in flight for a while
+    alpha = start_worker("alpha")
+    bravo = start_worker("bravo")
+    deliveries = queue_welcome_mails(broker, "drain")
+    in_flight = wait_until(
+        lambda: TaskResult.objects.filter(
+            status="STARTED", worker__startswith="alpha@"
+        ).first(),
+        timeout=10,
+        what="alpha sending",
+    )
+
+    process = alpha.process
+    alpha.stop()  # SIGTERM: Celery's warm shutdown
+
+    assert process.returncode == 0, alpha.log()
+    assert "Restoring" in alpha.log()  # its reserved messages, back to Redis
+    # Back at once, not after the visibility timeout and a restore sweep.
+    wait_until_sent(deliveries, timeout=30)
+    finished = TaskResult.objects.get(task_id=in_flight.task_id)
+    assert finished.status == "SUCCESS" and finished.worker.startswith("alpha@")
+    assert bravo.process.poll() is None
+    for delivery in deliveries:
+        assert len(smtp.mails_to(delivery.user.email)) == 1, delivery.user.email
