@@ -24,10 +24,10 @@ from tests.support import RedisServer, WorkerProcess, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-VISIBILITY_TIMEOUT = 10
+VISIBILITY_TIMEOUT = 7
 # Held by the workers (reserved, unacknowledged) until due; below the
 # visibility timeout, as every countdown must be.
-COUNTDOWN = 6
+COUNTDOWN = 4
 BATCH = 12
 
 
