@@ -8,7 +8,9 @@ A worker stopped with SIGTERM (warm shutdown) hands its reserved messages
 back at once.
 """
 
+import json
 import time
+import uuid
 
 import pytest
 from django_celery_results.models import TaskResult
@@ -48,9 +50,11 @@ def start_worker(broker, smtp_server, tmp_path):
         MAILER_SEND_TIME_LIMIT=str(VISIBILITY_TIMEOUT - 2),
     )
 
-    def start(name: str) -> WorkerProcess:
+    def start(name: str, *, concurrency: int = 2) -> WorkerProcess:
         log = tmp_path / f"{name}-{len(started)}.log"
-        worker = WorkerProcess(env=env, name=name, concurrency=2, log_path=log)
+        worker = WorkerProcess(
+            env=env, name=name, concurrency=concurrency, log_path=log
+        )
         started.append(worker)
         return worker.start()
 
@@ -174,3 +178,40 @@ def test_a_worker_stopped_with_sigterm_finishes_its_sends_and_hands_back_the_res
     assert survivor.process.poll() is None
     for delivery in deliveries:
         assert len(smtp.mails_to(delivery.user.email)) == 1, delivery.user.email
+
+
+def test_copies_of_one_send_racing_on_two_workers_send_one_mail(
+    broker, start_worker, smtp
+):
+    start_worker("alpha", concurrency=4)
+    start_worker("bravo", concurrency=4)
+    delivery = create_welcome_delivery(user_id=UserFactory(email="race@example.com").pk)
+    copies = [str(uuid.uuid4()) for _ in range(8)]
+
+    with app.connection_for_write(broker.url) as connection:
+        producer = app.amqp.Producer(connection)
+        for task_id in copies:
+            send_welcome_email.apply_async(
+                args=(delivery.pk,), task_id=task_id, producer=producer
+            )
+    results = wait_until(
+        lambda: (
+            (
+                done := list(
+                    TaskResult.objects.filter(task_id__in=copies, status="SUCCESS")
+                )
+            )
+            and len(done) == len(copies)
+            and done
+        ),
+        timeout=30,
+        interval=0.2,
+        what="every copy finished",
+    )
+
+    outcomes = sorted(json.loads(result.result) for result in results)
+    assert outcomes == ["sent"] + ["skipped"] * (len(copies) - 1)
+    assert {r.worker.split("@")[0] for r in results} == {"alpha", "bravo"}
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("sent", 1)
+    assert len(smtp.mails_to("race@example.com")) == 1
