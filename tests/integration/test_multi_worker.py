@@ -1,6 +1,6 @@
 """Two workers on one Redis share the welcome mails; losing one loses no mail.
 
-The workers run on a Redis of this module's own (the suite's session worker
+Each test runs its workers on a Redis of its own (the suite's session worker
 would otherwise take a share) with a short visibility timeout, so Redis hands
 a killed worker's unacknowledged messages to the next worker that starts:
 kombu restores them on worker start, and on a running worker's periodic sweep.
