@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench lint format clean reliability
+.PHONY: help install run test test-postgres bench lint format clean reliability
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(STAMP) ## Create .venv/ and install the pinned dependencies
 
@@ -24,6 +24,12 @@ run: install ## Run the whole stack: web :8000, worker, beat, Flower :5555, SMTP
 
 test: install ## Run the whole test suite (starts its own Redis and SMTP servers)
 	$(PY) -m pytest
+
+# A server where the postgres user may create databases; each run uses its own.
+POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432
+
+test-postgres: install ## Run the whole suite on PostgreSQL at POSTGRES_URL (a throwaway test database)
+	DATABASE_URL=$(POSTGRES_URL)/welcome_$$$$ $(PY) -m pytest
 
 bench: install ## Benchmark vs the naive way, write docs/BENCHMARKS.md (BENCH_QUICK=1: short run)
 	$(PY) -m bench $(if $(BENCH_QUICK),--quick)

@@ -238,6 +238,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5,
     "socket_connect_timeout": 3,
 }
+# A sentinel:// REDIS_URL needs the name of the master it watches.
+REDIS_SENTINEL_MASTER = env.str("REDIS_SENTINEL_MASTER", default="")
+if REDIS_SENTINEL_MASTER:
+    CELERY_BROKER_TRANSPORT_OPTIONS["master_name"] = REDIS_SENTINEL_MASTER
 # Publishing from a web request: give up fast, the outbox row and the
 # sweeper cover a dispatch that did not reach the broker.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
