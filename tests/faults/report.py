@@ -4,7 +4,9 @@ python -m pytest tests/faults && python -m tests.faults.report
 """
 
 import json
+import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -13,9 +15,17 @@ DOC = ROOT / "docs" / "RELIABILITY.md"
 START, END = "<!-- fault-matrix:start -->", "<!-- fault-matrix:end -->"
 
 
-def render(rows: dict) -> str:
+def render(rows: dict, *, run_at: datetime) -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     lines = [
         START,
+        f"Last run: {run_at:%Y-%m-%d %H:%M} UTC, commit {commit or 'unknown'}.",
+        "",
         "| scenario | what happened | mails expected | arrived | duplicates | test |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
@@ -39,7 +49,8 @@ def main() -> int:
     text = DOC.read_text()
     before, rest = text.split(START, 1)
     _, after = rest.split(END, 1)
-    DOC.write_text(before + render(rows) + after)
+    run_at = datetime.fromtimestamp(RESULTS.stat().st_mtime, tz=UTC)
+    DOC.write_text(before + render(rows, run_at=run_at) + after)
     print(f"wrote {len(rows)} scenarios to {DOC.relative_to(ROOT)}")
     return 0
 
