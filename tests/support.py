@@ -222,61 +222,48 @@ class SmtpServer:
         self.controller.stop()
 
 
-class WorkerProcess:
-    """`celery -A celery_app worker` as a real process with its own environment."""
+class ProjectProcess:
+    """A project process (gunicorn, a Celery worker or beat) with its own env.
+
+    Started as `python -m <args>` from the repository root, logged to a file,
+    ready once `ready` appears in the log, stopped (or killed) by its pid.
+    """
 
     def __init__(
         self,
+        name: str,
+        args: list[str],
         *,
         env: dict[str, str],
-        name: str = "test",
-        pool: str = "threads",
-        concurrency: int = 4,
+        ready: bytes,
         log_path: Path | None = None,
     ) -> None:
-        self.env = env
         self.name = name
-        self.pool = pool
-        self.concurrency = concurrency
+        self.args = args
+        self.env = env
+        self.ready = ready
         self.log_path = log_path or Path(
-            tempfile.mkstemp(prefix="worker-", suffix=".log")[1]
+            tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1]
         )
         self.process: subprocess.Popen | None = None
 
-    def start(self, *, timeout: float = 30.0) -> "WorkerProcess":
+    def start(self, *, timeout: float = 30.0):
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "celery_app",
-                "worker",
-                "--pool",
-                self.pool,
-                "--concurrency",
-                str(self.concurrency),
-                "--hostname",
-                f"{self.name}@%h",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            [sys.executable, "-m", *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_until(self._ready, timeout=timeout, what=f"worker {self.name} ready")
+        wait_until(self._ready, timeout=timeout, what=f"{self.name} ready")
         return self
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError(f"worker exited early:\n{self.log()}")
-        return b" ready." in self.log_path.read_bytes()
+            raise AssertionError(f"{self.name} exited early:\n{self.log()}")
+        return self.ready in self.log_path.read_bytes()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -291,6 +278,70 @@ class WorkerProcess:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
         self.process = None
+
+
+class WorkerProcess(ProjectProcess):
+    """`celery -A celery_app worker` as a real process."""
+
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        name: str = "test",
+        pool: str = "threads",
+        concurrency: int = 4,
+        log_path: Path | None = None,
+    ) -> None:
+        args = [
+            "celery", "-A", "celery_app", "worker",
+            "--pool", pool,
+            "--concurrency", str(concurrency),
+            "--hostname", f"{name}@%h",
+            "--loglevel", "INFO",
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        super().__init__(name, args, env=env, ready=b" ready.", log_path=log_path)
+
+
+class BeatProcess(ProjectProcess):
+    """`celery -A celery_app beat` as a real process, schedule file in a temp dir."""
+
+    def __init__(self, *, env: dict[str, str], log_path: Path | None = None) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="test-beat-"))
+        args = [
+            "celery", "-A", "celery_app", "beat",
+            "--loglevel", "INFO",
+            "--schedule", str(self.directory / "celerybeat-schedule"),
+        ]  # fmt: skip
+        super().__init__(
+            "beat",
+            args,
+            env=env,
+            ready=b"beat: Starting...",
+            log_path=log_path or self.directory / "beat.log",
+        )
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class GunicornProcess(ProjectProcess):
+    """`gunicorn project.wsgi` on a loopback port, as the Procfile runs it."""
+
+    def __init__(
+        self, *, env: dict[str, str], port: int, log_path: Path | None = None
+    ) -> None:
+        self.port = port
+        args = [
+            "gunicorn", "project.wsgi",
+            "--bind", f"127.0.0.1:{port}",
+            "--workers", "2",
+            "--timeout", "30",
+        ]  # fmt: skip
+        super().__init__(
+            "web", args, env=env, ready=b"Booting worker", log_path=log_path
+        )
 
 
 class SilentSmtpServer:
@@ -327,100 +378,3 @@ class SilentSmtpServer:
         self.sock.close()
         for conn in self.accepted:
             conn.close()
-
-
-class AppProcess:
-    """A project process (gunicorn, celery beat, ...) with its own environment."""
-
-    def __init__(
-        self,
-        name: str,
-        args: list[str],
-        *,
-        env: dict[str, str],
-        ready: bytes,
-        log_dir: Path,
-    ) -> None:
-        self.name = name
-        self.args = args
-        self.env = env
-        self.ready = ready
-        self.log_path = log_dir / f"{name}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, *, timeout: float = 30.0) -> "AppProcess":
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", *self.args],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_until(self._ready, timeout=timeout, what=f"{self.name} ready")
-        return self
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"{self.name} exited early:\n{self.log()}")
-        return self.ready in self.log_path.read_bytes()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout=15)
-            self.process = None
-
-
-class BeatProcess:
-    """`celery -A celery_app beat` as a real process, schedule file in a temp dir."""
-
-    def __init__(self, *, env: dict[str, str], log_path: Path | None = None) -> None:
-        self.env = env
-        self.directory = Path(tempfile.mkdtemp(prefix="test-beat-"))
-        self.log_path = log_path or self.directory / "beat.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, *, timeout: float = 30.0) -> "BeatProcess":
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "celery_app",
-                "beat",
-                "--loglevel",
-                "INFO",
-                "--schedule",
-                str(self.directory / "celerybeat-schedule"),
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_until(self._started, timeout=timeout, what="beat started")
-        return self
-
-    def _started(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"beat exited early:\n{self.log()}")
-        return b"beat: Starting..." in self.log_path.read_bytes()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)

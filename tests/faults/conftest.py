@@ -18,7 +18,8 @@ from tests.conftest import worker_env
 from tests.services import free_port
 from tests.support import (
     ROOT,
-    AppProcess,
+    BeatProcess,
+    GunicornProcess,
     RedisServer,
     SilentSmtpServer,
     SmtpServer,
@@ -55,9 +56,9 @@ class FaultStack:
     env: dict[str, str]
     smtp: SmtpServer | None = None
     silent: SilentSmtpServer | None = None
-    web: AppProcess | None = None
+    web: GunicornProcess | None = None
     web_port: int = 0
-    beat: AppProcess | None = None
+    beat: BeatProcess | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def start_smtp(self) -> SmtpServer:
@@ -75,23 +76,10 @@ class FaultStack:
         self.silent = SilentSmtpServer(self.smtp_port).start()
         return self.silent
 
-    def start_web(self) -> AppProcess:
+    def start_web(self) -> GunicornProcess:
         self.web_port = free_port()
-        self.web = AppProcess(
-            "web",
-            [
-                "gunicorn",
-                "project.wsgi",
-                "--bind",
-                f"127.0.0.1:{self.web_port}",
-                "--workers",
-                "2",
-                "--timeout",
-                "30",
-            ],
-            env=self.env,
-            ready=b"Booting worker",
-            log_dir=self.log_dir,
+        self.web = GunicornProcess(
+            env=self.env, port=self.web_port, log_path=self.log_dir / "web.log"
         ).start()
         return self.web
 
@@ -105,23 +93,9 @@ class FaultStack:
         self.workers.append(worker)
         return worker
 
-    def start_beat(self) -> AppProcess:
-        self.beat = AppProcess(
-            "beat",
-            [
-                "celery",
-                "-A",
-                "celery_app",
-                "beat",
-                "--loglevel",
-                "INFO",
-                "--schedule",
-                str(self.log_dir / "celerybeat-schedule"),
-            ],
-            env=self.env,
-            ready=b"beat: Starting",
-            log_dir=self.log_dir,
-        ).start()
+    def start_beat(self) -> BeatProcess:
+        self.beat = BeatProcess(env=self.env, log_path=self.log_dir / "beat.log")
+        self.beat.start()
         return self.beat
 
     def register(self, email: str) -> tuple[int, float]:
@@ -166,9 +140,10 @@ class FaultStack:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
-        for process in (self.beat, self.web):
-            if process is not None:
-                process.stop()
+        if self.beat is not None:
+            self.beat.cleanup()
+        if self.web is not None:
+            self.web.stop()
         self.stop_smtp()
         self.redis.cleanup()
 
