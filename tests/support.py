@@ -37,6 +37,18 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str =
         time.sleep(interval)
 
 
+def run_manage(*args: str, env: dict[str, str], timeout: float = 60):
+    """Run `python manage.py <args>` from the repository root; capture its output."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def stop_process(process: subprocess.Popen, *, timeout: float = 10.0) -> None:
     """Stop one process we started: SIGTERM, then SIGKILL after `timeout`."""
     if process.poll() is not None:

@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 
@@ -15,7 +13,7 @@ from mailer.models import Delivery
 from tests import services
 from tests.conftest import worker_env
 from tests.factories import DeliveryFactory
-from tests.support import ROOT, RedisServer
+from tests.support import RedisServer, run_manage
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -105,14 +103,7 @@ def test_healthz_answers_503_naming_an_unreachable_database(redis_server):
         "print(r.status_code, r.content.decode())"
     )
 
-    result = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_manage("shell", "-c", code, env=env)
 
     status, _, content = result.stdout.strip().splitlines()[-1].partition(" ")
     assert status == "503", result.stdout + result.stderr

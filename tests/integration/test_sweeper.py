@@ -1,7 +1,5 @@
 """The sweeper: outbox rows whose dispatch was lost are sent, once."""
 
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -13,10 +11,10 @@ from tests import services
 from tests.conftest import worker_env
 from tests.factories import DeliveryFactory
 from tests.support import (
-    ROOT,
     BeatProcess,
     RedisServer,
     WorkerProcess,
+    run_manage,
     wait_until,
 )
 
@@ -77,14 +75,8 @@ def register_in_a_process(email: str, env: dict[str, str]) -> None:
         "from users.services import register_user; "
         f"register_user(email={email!r}, password='correct horse battery staple')"
     )
-    subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    result = run_manage("shell", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture
@@ -168,14 +160,7 @@ def test_a_sweep_that_cannot_publish_leaves_the_row_due_as_it_was(private_redis)
         "print(sweep_stale_deliveries())"
     )
 
-    result = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_manage("shell", "-c", code, env=env)
 
     assert f"not_published=[{delivery.pk}]" in result.stdout, result.stderr
     assert "Sweep could not publish 1 deliveries" in result.stderr

@@ -3,8 +3,6 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,7 +11,7 @@ from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 
 from mailer.models import Delivery
-from tests.support import ROOT
+from tests.support import run_manage
 from users.models import User
 from users.ratelimit import CACHE_ALIAS, Rate, parse_rate
 
@@ -170,14 +168,7 @@ def test_the_limit_holds_across_processes(client, settings, redis_server):
         "    ratelimit.limit_client_ip(request, scope='register')\n"
     )
     env = dict(os.environ, RATELIMIT_REGISTER_IP="2/h")
-    done = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_manage("shell", "-c", script, env=env)
     assert done.returncode == 0, done.stderr
 
     response = register(client, "ada@example.com", REMOTE_ADDR="192.0.2.7")
