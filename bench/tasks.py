@@ -3,6 +3,7 @@
 from celery import Task, shared_task
 
 from mailer import services
+from mailer.messages import build_message
 
 
 @shared_task(bind=True, acks_late=True)
@@ -11,6 +12,6 @@ def send_welcome_email_naive(self: Task, delivery_id: int) -> str:
     delivery = services.claim_delivery(delivery_id=delivery_id, task_id=self.request.id)
     if delivery is None:
         return "skipped"
-    services.build_welcome_message(delivery).send()  # connect, send, QUIT
+    build_message(delivery).send()  # connect, send, QUIT
     services.mark_sent(delivery_id=delivery_id, task_id=self.request.id)
     return "sent"

@@ -7,8 +7,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from mailer.messages import build_message
 from mailer.models import Delivery
-from mailer.services import build_welcome_message
 from users.forms import RegistrationForm
 from users.services import EmailAlreadyRegistered, register_user
 from users.views import ACCEPTED
@@ -34,6 +34,10 @@ def inline_register(request: HttpRequest) -> JsonResponse:
         user = register_user(**form.cleaned_data)
     except EmailAlreadyRegistered:
         return JsonResponse(ACCEPTED, status=202)
-    unsaved = Delivery(user=user, message_id=make_msgid(domain="example.com"))
-    build_welcome_message(unsaved).send()
+    unsaved = Delivery(
+        user=user,
+        kind=Delivery.Kind.WELCOME,
+        message_id=make_msgid(domain="example.com"),
+    )
+    build_message(unsaved).send()
     return JsonResponse(ACCEPTED, status=202)

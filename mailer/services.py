@@ -1,5 +1,6 @@
 """The outbox: create a delivery, dispatch it, claim it, send it, record it."""
 
+import functools
 import json
 import logging
 import uuid
@@ -9,7 +10,8 @@ from datetime import datetime, timedelta
 from email.utils import make_msgid
 
 from django.conf import settings
-from django.db import transaction
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -88,6 +90,8 @@ def claim_delivery(*, delivery_id: int, task_id: str) -> Delivery | None:
     """
     now = timezone.now()
     lease = now + timedelta(seconds=settings.MAILER_SEND_TIME_LIMIT) + _stale_after()
+    if connection.vendor == "postgresql":
+        return _claim_returning(delivery_id, task_id, now=now, lease=lease)
     claimed = Delivery.objects.filter(
         pk=delivery_id, status=Delivery.Status.PENDING
     ).update(
@@ -100,6 +104,63 @@ def claim_delivery(*, delivery_id: int, task_id: str) -> Delivery | None:
     if not claimed:
         return None
     return Delivery.objects.select_related("user").get(pk=delivery_id)
+
+
+def _claim_returning(
+    delivery_id: int, task_id: str, *, now: datetime, lease: datetime
+) -> Delivery | None:
+    """The same claim in one round trip: UPDATE ... FROM ... RETURNING the user.
+
+    PostgreSQL only (SQLite's RETURNING cannot name the FROM table). Saves
+    the SELECT after the UPDATE: about half a millisecond of worker CPU per
+    mail (bench/, docs/BENCHMARKS.md).
+    """
+    params = [
+        Delivery.Status.SENDING.value,
+        task_id,
+        lease,
+        now,
+        delivery_id,
+        Delivery.Status.PENDING.value,
+    ]
+    # A raw User query converts the user's columns; the row's own come along.
+    user = next(iter(get_user_model().objects.raw(_claim_sql(), params)), None)
+    if user is None:
+        return None
+    loaded = {
+        "id": delivery_id,
+        "user_id": user.pk,
+        "kind": user.claimed_kind,
+        "status": Delivery.Status.SENDING,
+        "task_id": task_id,
+        "attempts": user.claimed_attempts,
+        "message_id": user.claimed_message_id,
+    }
+    # from_db takes the loaded values in the model's field order.
+    names = [f.attname for f in Delivery._meta.concrete_fields if f.attname in loaded]
+    delivery = Delivery.from_db(
+        connection.alias, names, [loaded[name] for name in names]
+    )
+    delivery.user = user
+    return delivery
+
+
+@functools.cache
+def _claim_sql() -> str:
+    quote = connection.ops.quote_name
+    delivery = quote(Delivery._meta.db_table)
+    user = quote(get_user_model()._meta.db_table)
+    user_columns = ", ".join(
+        f"u.{quote(name)}"
+        for name in ("id", "email", "password", "is_active", "activated_at")
+    )
+    return (
+        f"UPDATE {delivery} AS d SET status = %s, task_id = %s, "
+        "attempts = d.attempts + 1, lease_expires_at = %s, updated_at = %s "
+        f"FROM {user} AS u WHERE d.id = %s AND d.status = %s AND u.id = d.user_id "
+        f"RETURNING {user_columns}, d.kind AS claimed_kind, "
+        "d.attempts AS claimed_attempts, d.message_id AS claimed_message_id"
+    )
 
 
 def send_delivery(delivery: Delivery) -> None:

@@ -1,0 +1,51 @@
+import pytest
+
+from mailer import services
+from mailer.models import Delivery
+from tests.factories import DeliveryFactory
+from users.tokens import make_activation_token, read_activation_token
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def delivery():
+    return DeliveryFactory(user__email="ada@example.com")
+
+
+def test_claim_returns_the_row_with_its_user_and_marks_it_sending(delivery):
+    claimed = services.claim_delivery(delivery_id=delivery.pk, task_id="first")
+
+    assert claimed.pk == delivery.pk
+    assert (claimed.kind, claimed.message_id) == (delivery.kind, delivery.message_id)
+    assert (claimed.status, claimed.task_id, claimed.attempts) == (
+        Delivery.Status.SENDING,
+        "first",
+        1,
+    )
+    assert claimed.user.pk == delivery.user_id
+    assert claimed.user.email == "ada@example.com"
+    assert claimed.user.is_active is False and claimed.user.activated_at is None
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.task_id, delivery.attempts) == (
+        Delivery.Status.SENDING,
+        "first",
+        1,
+    )
+    assert delivery.lease_expires_at > delivery.updated_at
+
+
+def test_second_claim_of_one_row_gets_nothing(delivery):
+    services.claim_delivery(delivery_id=delivery.pk, task_id="first")
+
+    assert services.claim_delivery(delivery_id=delivery.pk, task_id="second") is None
+    delivery.refresh_from_db()
+    assert (delivery.task_id, delivery.attempts) == ("first", 1)
+
+
+def test_activation_link_from_a_claimed_row_names_its_user(delivery):
+    claimed = services.claim_delivery(delivery_id=delivery.pk, task_id="first")
+
+    token = make_activation_token(claimed.user)
+
+    assert read_activation_token(token).pk == delivery.user_id
