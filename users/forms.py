@@ -35,10 +35,6 @@ class RegistrationForm(forms.Form):
         return cleaned
 
 
-class ActivationForm(forms.Form):
-    """The confirm button on the activation page; the token is in the URL."""
-
-
 class ActivationResendForm(forms.Form):
     """The address that should get a new activation link."""
 

@@ -62,6 +62,7 @@ def test_rolled_back_registration_leaves_no_row_no_task_and_no_mail(
     celery_worker, smtp, redis_server, record
 ):
     email = "rollback@example.com"
+    received_before = celery_worker.log().count(" received")
 
     with pytest.raises(RuntimeError), transaction.atomic():
         register_user(email=email, password="correct horse battery staple")
@@ -73,6 +74,8 @@ def test_rolled_back_registration_leaves_no_row_no_task_and_no_mail(
     client = redis_server.client()
     assert not User.objects.filter(email=email).exists()
     assert not Delivery.objects.exists()
+    # The session worker drains the queue, so count what it received too.
+    assert celery_worker.log().count(" received") == received_before
     assert client.llen("celery") == 0 and client.hlen("unacked") == 0
     assert smtp.mails_to(email) == []
     record(

@@ -26,6 +26,8 @@ def test_register_user_creates_an_inactive_account_hashed_with_argon2id():
     assert user.check_password(PASSWORD)
 
 
+# Outside the test's own transaction, so only register_user's can be seen.
+@pytest.mark.django_db(transaction=True)
 def test_register_user_sends_user_registered_inside_its_transaction():
     seen = []
 
