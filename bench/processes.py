@@ -4,15 +4,15 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+
+from tests.support import free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,35 +24,6 @@ WEB_ENV: dict[str, str] = {
     "RATELIMIT_REGISTER_IP": "1000000/h",
     "RATELIMIT_REGISTER_ADDRESS": "1000000/h",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, *, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def stop_pid(process: subprocess.Popen, *, timeout: float = 15.0) -> None:
-    """SIGTERM one process we started, SIGKILL it after `timeout`."""
-    if process.poll() is not None:
-        return
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(5)
 
 
 def procfile_command(name: str) -> list[str]:
@@ -240,7 +211,7 @@ class Stack:
     def stop(self, name: str) -> None:
         process = self.processes.pop(name, None)
         if process is not None:
-            stop_pid(process, timeout=30)
+            stop_process(process, timeout=30)
 
     def stop_all(self) -> None:
         for name in reversed(list(self.processes)):

@@ -6,14 +6,8 @@ fixtures (tests/conftest.py). Nothing here touches a shared Redis.
 """
 
 import os
-import socket
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from tests.support import free_port
 
 REDIS_PORT = free_port()
 SMTP_PORT = free_port()

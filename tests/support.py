@@ -25,6 +25,13 @@ from aiosmtpd.controller import Controller
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = ""):
     """Poll `predicate` until it returns a truthy value; fail after `timeout`."""
     deadline = time.monotonic() + timeout
