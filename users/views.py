@@ -37,14 +37,11 @@ RESEND_ACCEPTED = {
 def register(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "users/register.html", {"form": RegistrationForm()})
-    try:
-        ratelimit.limit_client_ip(request, scope="register")
-        form = RegistrationForm(request.POST)
-        if not form.is_valid():
-            return render(request, "users/register.html", {"form": form}, status=400)
-        ratelimit.limit_address(form.cleaned_data["email"], scope="register")
-    except RateLimited as limited:
-        return _too_many_page(request, limited)
+    form, answer = _posted_form(
+        request, RegistrationForm, template="users/register.html", scope="register"
+    )
+    if answer:
+        return answer
     try:
         register_user(**form.cleaned_data)
     except EmailAlreadyRegistered:
@@ -59,14 +56,9 @@ def register_done(request: HttpRequest) -> HttpResponse:
 @csrf_exempt  # a JSON API for clients without a session; nothing to forge
 @require_POST
 def api_register(request: HttpRequest) -> JsonResponse:
-    try:
-        ratelimit.limit_client_ip(request, scope="register")
-        form, problem = _read_json_form(request, RegistrationForm)
-        if problem:
-            return problem
-        ratelimit.limit_address(form.cleaned_data["email"], scope="register")
-    except RateLimited as limited:
-        return _too_many_json(limited)
+    form, problem = _limited_json_form(request, RegistrationForm, scope="register")
+    if problem:
+        return problem
     try:
         register_user(**form.cleaned_data)
     except EmailAlreadyRegistered:
@@ -76,18 +68,14 @@ def api_register(request: HttpRequest) -> JsonResponse:
 
 @require_http_methods(["GET", "POST"])
 def activation_resend(request: HttpRequest) -> HttpResponse:
+    template = "users/activation_resend.html"
     if request.method == "GET":
-        form = ActivationResendForm()
-        return render(request, "users/activation_resend.html", {"form": form})
-    try:
-        ratelimit.limit_client_ip(request, scope="resend")
-        form = ActivationResendForm(request.POST)
-        if not form.is_valid():
-            context = {"form": form}
-            return render(request, "users/activation_resend.html", context, status=400)
-        ratelimit.limit_address(form.cleaned_data["email"], scope="resend")
-    except RateLimited as limited:
-        return _too_many_page(request, limited)
+        return render(request, template, {"form": ActivationResendForm()})
+    form, answer = _posted_form(
+        request, ActivationResendForm, template=template, scope="resend"
+    )
+    if answer:
+        return answer
     request_activation_resend(**form.cleaned_data)
     return redirect("users:activation-resend-done")
 
@@ -99,16 +87,41 @@ def activation_resend_done(request: HttpRequest) -> HttpResponse:
 @csrf_exempt  # a JSON API for clients without a session; nothing to forge
 @require_POST
 def api_activation_resend(request: HttpRequest) -> JsonResponse:
-    try:
-        ratelimit.limit_client_ip(request, scope="resend")
-        form, problem = _read_json_form(request, ActivationResendForm)
-        if problem:
-            return problem
-        ratelimit.limit_address(form.cleaned_data["email"], scope="resend")
-    except RateLimited as limited:
-        return _too_many_json(limited)
+    form, problem = _limited_json_form(request, ActivationResendForm, scope="resend")
+    if problem:
+        return problem
     request_activation_resend(**form.cleaned_data)
     return JsonResponse(RESEND_ACCEPTED, status=202)
+
+
+def _posted_form(request: HttpRequest, form_class, *, template: str, scope: str):
+    """Bind a POSTed form within the IP and address limits.
+
+    Returns (valid form, None), or (None, the 400 form page or the 429 page).
+    Invalid posts count against the IP limit too.
+    """
+    try:
+        ratelimit.limit_client_ip(request, scope=scope)
+        form = form_class(request.POST)
+        if not form.is_valid():
+            return None, render(request, template, {"form": form}, status=400)
+        ratelimit.limit_address(form.cleaned_data["email"], scope=scope)
+    except RateLimited as limited:
+        return None, _too_many_page(request, limited)
+    return form, None
+
+
+def _limited_json_form(request: HttpRequest, form_class, *, scope: str):
+    """The JSON counterpart of `_posted_form`: (valid form, None) or (None, 4xx)."""
+    try:
+        ratelimit.limit_client_ip(request, scope=scope)
+        form, problem = _read_json_form(request, form_class)
+        if problem:
+            return None, problem
+        ratelimit.limit_address(form.cleaned_data["email"], scope=scope)
+    except RateLimited as limited:
+        return None, _too_many_json(limited)
+    return form, None
 
 
 def _too_many_json(limited: RateLimited) -> JsonResponse:
