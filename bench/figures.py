@@ -24,8 +24,13 @@ API = "/api/register"
 INLINE = "/bench/inline-register"
 NAIVE_WORKER = ["worker", "--pool", "prefork", "--concurrency", "2"]
 NAIVE_WORKER += ["--loglevel", "INFO", "--queues", "naive"]
-# A new database connection per task, as Celery does by default.
-NAIVE_WORKER_ENV = {"CELERY_DB_REUSE_MAX": "0", "DB_CONN_MAX_AGE": "0"}
+# A new database connection per task, as Celery does by default, and
+# django-celery-results' own backend.
+NAIVE_WORKER_ENV = {
+    "CELERY_DB_REUSE_MAX": "0",
+    "DB_CONN_MAX_AGE": "0",
+    "CELERY_RESULT_BACKEND": "django-db",
+}
 
 
 @dataclass

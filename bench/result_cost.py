@@ -7,8 +7,11 @@ does what a worker does around a send: Celery's Django fixup's prerun and
 postrun hooks, this project's connection receivers, and the two writes
 django-celery-results makes (STARTED, since task_track_started is on, then
 SUCCESS, with result_extended). "naive" is Celery's default (the fixup
-closes every connection around each task); "project" is this project's
-settings (CELERY_DB_REUSE_MAX, CONN_MAX_AGE, CONN_HEALTH_CHECKS). Prints JSON.
+closes every connection around each task) with django-celery-results' own
+`django-db` backend; "reused" keeps the connections (CELERY_DB_REUSE_MAX,
+CONN_MAX_AGE, CONN_HEALTH_CHECKS) but still writes through `django-db`;
+"project" is this project's settings: reused connections and
+mailer.results' one-statement writes. Prints JSON.
 """
 
 import argparse
@@ -55,17 +58,23 @@ def main() -> None:
     from celery.fixups.django import DjangoWorkerFixup
     from django.core.management import call_command
     from django.db import connection
+    from django_celery_results.backends import DatabaseBackend
 
     from mailer import connections as project_hooks
 
     if args.migrate:
         call_command("migrate", verbosity=0)
-    backend = app.backend
+    stock = DatabaseBackend(app=app)  # result_backend = "django-db"
     naive = DjangoWorkerFixup(app)
     naive.db_reuse_max = None  # Celery's default: close around every task
     project = DjangoWorkerFixup(app)  # CELERY_DB_REUSE_MAX from the settings
+    setups = {
+        "naive": (naive, False, stock),
+        "reused": (project, True, stock),
+        "project": (project, True, app.backend),
+    }
 
-    def one_task(fixup, hooks: bool) -> float:
+    def one_task(fixup, hooks: bool, backend) -> float:
         request = FakeRequest(str(uuid.uuid4()))
         task = FakeTask(request)
         clock = time.perf_counter()
@@ -79,13 +88,13 @@ def main() -> None:
         fixup.on_task_postrun(sender=task)
         return time.perf_counter() - clock
 
-    results = {"naive": [], "project": []}
+    results = {name: [] for name in setups}
     for _ in range(20):  # warm-up: imports, first connection, plans
-        one_task(project, True)
-        one_task(naive, False)
-    for _ in range(args.runs):  # interleaved, so drift hits both alike
-        for name, fixup, hooks in (("naive", naive, False), ("project", project, True)):
-            samples = [one_task(fixup, hooks) for _ in range(args.tasks)]
+        for setup in setups.values():
+            one_task(*setup)
+    for _ in range(args.runs):  # interleaved, so drift hits each alike
+        for name, setup in setups.items():
+            samples = [one_task(*setup) for _ in range(args.tasks)]
             results[name].append(statistics.median(samples) * 1000)
     connection.close()
     print(json.dumps({"vendor": connection.vendor, "ms_per_task": results}))

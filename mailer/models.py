@@ -1,5 +1,8 @@
 from django.conf import settings
 from django.db import models
+from django_celery_results.models import TaskResult
+
+from mailer.results import UpsertTaskResultManager
 
 
 class Delivery(models.Model):
@@ -59,3 +62,12 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} mail #{self.pk} ({self.status})"
+
+
+class TaskResultRecord(TaskResult):
+    """django-celery-results' table, written one statement per state."""
+
+    objects = UpsertTaskResultManager()
+
+    class Meta:
+        proxy = True

@@ -1,0 +1,111 @@
+"""django-celery-results' database backend, storing each task state in one statement.
+
+The stock manager stores a state with `get_or_create()` and `save()`: for
+STARTED a SELECT, then BEGIN, INSERT, COMMIT; for SUCCESS a SELECT and an
+UPDATE. That is six round trips and about 1.2 ms of worker CPU per mail
+(`make bench`). PostgreSQL and SQLite can do each with one
+`INSERT ... ON CONFLICT (task_id) DO UPDATE`, which also needs no retry when
+two workers race on one task id. The rows are the same: same table, same
+columns, same values, so the admin, Flower and `resend_failed` read them as
+before. Any other database falls back to the stock manager.
+"""
+
+from django.db import connections, router
+from django.utils import timezone
+from django_celery_results.backends import DatabaseBackend as StockDatabaseBackend
+from django_celery_results.managers import TaskResultManager
+
+UPSERT_VENDORS = frozenset({"postgresql", "sqlite"})
+
+
+class UpsertTaskResultManager(TaskResultManager):
+    """`TaskResultManager` whose `store_result()` is one upsert."""
+
+    def store_result(
+        self,
+        content_type,
+        content_encoding,
+        task_id,
+        result,
+        status,
+        traceback=None,
+        meta=None,
+        periodic_task_name=None,
+        task_name=None,
+        task_args=None,
+        task_kwargs=None,
+        worker=None,
+        using=None,
+        **kwargs,
+    ) -> None:
+        """Insert the task's row, or update every stored field of it."""
+        connection = connections[using or router.db_for_write(self.model)]
+        if connection.vendor not in UPSERT_VENDORS:
+            super().store_result(
+                content_type,
+                content_encoding,
+                task_id,
+                result,
+                status,
+                traceback=traceback,
+                meta=meta,
+                periodic_task_name=periodic_task_name,
+                task_name=task_name,
+                task_args=task_args,
+                task_kwargs=task_kwargs,
+                worker=worker,
+                using=using,
+                **kwargs,
+            )
+            return
+        now = timezone.now()
+        updated = {
+            "status": status,
+            "result": result,
+            "traceback": traceback,
+            "meta": meta,
+            "content_encoding": content_encoding,
+            "content_type": content_type,
+            "periodic_task_name": periodic_task_name,
+            "task_name": task_name,
+            "task_args": task_args,
+            "task_kwargs": task_kwargs,
+            "worker": worker,
+            "date_done": now,  # auto_now: set on every save
+        }
+        if "date_started" in kwargs:  # the backend passes Now() with STARTED
+            updated["date_started"] = now
+        inserted = {"task_id": task_id, "date_created": now, **updated}
+        self._upsert(connection, inserted=inserted, updated=list(updated))
+
+    def _upsert(self, connection, *, inserted: dict, updated: list[str]) -> None:
+        opts = self.model._meta
+        quote = connection.ops.quote_name
+        fields = [opts.get_field(name) for name in inserted]
+        params = [
+            field.get_db_prep_save(value, connection)
+            for field, value in zip(fields, inserted.values(), strict=True)
+        ]
+        columns = ", ".join(quote(field.column) for field in fields)
+        placeholders = ", ".join(["%s"] * len(fields))
+        assignments = ", ".join(
+            f"{quote(column)} = EXCLUDED.{quote(column)}"
+            for column in (opts.get_field(name).column for name in updated)
+        )
+        task_id_column = quote(opts.get_field("task_id").column)
+        sql = (
+            f"INSERT INTO {quote(opts.db_table)} ({columns}) VALUES ({placeholders}) "
+            f"ON CONFLICT ({task_id_column}) DO UPDATE SET {assignments}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+
+class DatabaseBackend(StockDatabaseBackend):
+    """The `django-db` result backend, writing through `UpsertTaskResultManager`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from mailer.models import TaskResultRecord
+
+        self.TaskModel = TaskResultRecord
