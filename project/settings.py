@@ -6,6 +6,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from project.redis_transport import transport_for
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -226,6 +228,9 @@ RATELIMIT_RESEND_ADDRESS = env.str("RATELIMIT_RESEND_ADDRESS", default="3/h")
 # --- Celery -----------------------------------------------------------------
 
 CELERY_BROKER_URL = REDIS_URL
+# kombu's own Redis transports, sharing one redis-py client per connection
+# pool instead of building one per command (project/redis_transport.py).
+CELERY_BROKER_TRANSPORT = transport_for(REDIS_URL)
 if REDIS_TLS:
     # Without it kombu connects to rediss:// with certificate checks off.
     CELERY_BROKER_USE_SSL = _redis_ssl

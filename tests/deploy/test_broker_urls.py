@@ -17,6 +17,7 @@ from celery_app import app
 from mailer.models import Delivery
 from mailer.services import create_welcome_delivery
 from mailer.tasks import send_welcome_email
+from project.redis_transport import transport_for
 from tests.conftest import worker_env
 from tests.factories import UserFactory
 from tests.services import free_port
@@ -39,7 +40,9 @@ def processes():
 
 def send_one_mail_through(url: str, *, address: str, **transport_options) -> None:
     delivery = create_welcome_delivery(user_id=UserFactory(email=address).pk)
-    with app.connection_for_write(url, transport_options=transport_options) as conn:
+    with app.connection_for_write(
+        url, transport=transport_for(url), transport_options=transport_options
+    ) as conn:
         send_welcome_email.apply_async(
             args=(delivery.pk,),
             task_id=delivery.task_id,

@@ -1,0 +1,51 @@
+import pytest
+from django.conf import settings
+from kombu.transport import redis as kombu_redis
+
+from celery_app import app
+from project import redis_transport
+from project.redis_transport import transport_for
+
+
+@pytest.mark.parametrize(
+    ("url", "transport"),
+    [
+        ("redis://127.0.0.1:6379/0", redis_transport.Transport),
+        ("rediss://:secret@redis.internal:6380/0", redis_transport.Transport),
+        (
+            "sentinel://s1:26379;sentinel://s2:26379/0",
+            redis_transport.SentinelTransport,
+        ),
+    ],
+)
+def test_each_redis_scheme_gets_kombus_transport_with_a_shared_client(url, transport):
+    with app.connection_for_write(url, transport=transport_for(url)) as connection:
+        assert connection.get_transport_cls() is transport
+    stock = {
+        redis_transport.Transport: kombu_redis.Transport,
+        redis_transport.SentinelTransport: kombu_redis.SentinelTransport,
+    }[transport]
+    assert issubclass(transport, stock)
+    assert issubclass(transport.Channel, stock.Channel)
+
+
+def test_the_app_publishes_through_the_transport_its_url_needs():
+    assert settings.CELERY_BROKER_TRANSPORT == transport_for(settings.REDIS_URL)
+    with app.connection_for_write() as connection:
+        assert connection.get_transport_cls() is redis_transport.Transport
+
+
+def test_a_channel_keeps_one_client_until_it_drops_its_pool(redis_server):
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        first = channel._create_client()
+
+        assert channel._create_client() is first
+        assert first.ping()
+        assert channel._create_client(asynchronous=True) is not first
+
+        channel._disconnect_pools()  # what kombu does after a connection error
+        renewed = channel._create_client()
+        assert renewed is not first
+        assert renewed.connection_pool is channel.pool
+        assert renewed.ping()
