@@ -40,6 +40,13 @@ def procfile_command(name: str) -> list[str]:
     raise RuntimeError(f"no `{name}` process in the Procfile")
 
 
+def worker_processes() -> int:
+    """How many worker processes `make run` starts (WORKER_PROCESSES)."""
+    script = (ROOT / "bin/run-stack").read_text()
+    default = re.search(r"worker=\$\{WORKER_PROCESSES:-(\d+)\}", script).group(1)
+    return int(os.environ.get("WORKER_PROCESSES", default))
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its live children (pool processes)."""
     tick = os.sysconf("SC_CLK_TCK")

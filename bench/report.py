@@ -71,8 +71,10 @@ def write_report(path, *, results, command, quick, database, load, elapsed) -> N
         f"these {os.cpu_count()} cores.",
         f"- Web: `{_procfile('web')}` (DJANGO_SETTINGS_MODULE=bench.settings: the "
         "project's settings plus the bench-only inline view).",
-        f"- This project's worker: `{results.get('project_worker', '?')}` "
-        "(the Procfile's).",
+        f"- This project's workers: {results.get('project_workers', '?')} "
+        f"processes of `{results.get('project_worker', '?')}` (the Procfile's, "
+        "each with its own `--hostname`; `make run` starts WORKER_PROCESSES of "
+        "them, compose as many replicas).",
         f"- Naive worker: `{results.get('naive_worker', '?')}`, "
         "CELERY_DB_REUSE_MAX=0 and CONN_MAX_AGE=0 (a new database connection "
         "per task, Celery's default), CELERY_RESULT_BACKEND=django-db "
@@ -234,8 +236,9 @@ def _fig3(results, targets) -> list[str]:
         "timed from the commit to the relay's last 250. "
         f"{naive_count} mails per run for the naive worker, {project_count} for "
         f"this project's, {runs} runs, interleaved (both workers up, each on its "
-        "own queue). Worker CPU is user+system time of the worker process and "
-        "its pool processes over the run, divided by the mails.",
+        "own queue). Worker CPU is user+system time of the worker processes "
+        "(this project's all of them; the naive one's with its pool processes) "
+        "over the run, divided by the mails.",
         "",
         "| worker | mails/s | worker CPU ms per mail | SMTP connections per run |",
         "| --- | --- | --- | --- |",

@@ -110,7 +110,10 @@ def test_worker_can_scale_and_beat_runs_once_with_a_kept_schedule():
     services = compose()["services"]
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker
-    assert "--hostname" not in compose_command(worker)  # celery@<container>
+    command = compose_command(worker)
+    # One node per replica, as the health check's ping expects.
+    assert command[command.index("--hostname") + 1] == "celery@%h"
+    assert worker["deploy"]["replicas"] == "${WORKER_PROCESSES:-2}"
     beat = services["beat"]
     schedule = compose_command(beat)[compose_command(beat).index("--schedule") + 1]
     [volume] = beat["volumes"]

@@ -22,7 +22,7 @@ from tests.support import ROOT
 
 APP_PROCESSES = ["web", "worker", "beat", "flower"]
 # Option values that depend on where a process runs, not on what it is.
-SITE_SPECIFIC = {"--bind", "--schedule"}
+SITE_SPECIFIC = {"--bind", "--schedule", "--hostname"}
 BIN = Path(sys.executable).parent
 
 
@@ -45,10 +45,21 @@ def test_make_run_starts_the_procfile_processes():
     run_recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
     assert "./bin/run-stack" in run_recipe
     script = (ROOT / "bin/run-stack").read_text()
-    assert "honcho start $processes" in script
+    assert 'honcho start --concurrency "worker=${WORKER_PROCESSES:-2}"' in script
     started = set(re.search(r'processes="([^"]+)"', script).group(1).split())
     started |= set(re.findall(r'processes="(\w+) \$processes"', script))
     assert set(APP_PROCESSES) <= started <= set(procfile())
+
+
+def test_make_run_and_compose_start_as_many_workers_per_machine():
+    script = (ROOT / "bin/run-stack").read_text()
+    local = re.search(r"worker=\$\{WORKER_PROCESSES:-(\d+)\}", script).group(1)
+    replicas = compose()["services"]["worker"]["deploy"]["replicas"]
+    assert replicas == f"${{WORKER_PROCESSES:-{local}}}"
+    # Each node has its own name: honcho's worker.1, worker.2; a container's own.
+    procfile_worker = procfile()["worker"]
+    name = procfile_worker[procfile_worker.index("--hostname") + 1]
+    assert name == "${HONCHO_PROCESS_NAME:-celery}@%h"
 
 
 def test_local_and_compose_redis_persist_and_never_evict():
