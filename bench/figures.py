@@ -16,6 +16,7 @@ from bench.processes import (
     Stack,
     process_cpu_seconds,
     procfile_command,
+    procfile_option,
     wait_until,
     worker_processes,
 )
@@ -343,8 +344,14 @@ class Figures:
             ("naive", naive_pids, naive_dispatch, c.fig3_naive),
             ("project", self.worker_pids, project_dispatch, c.fig3),
         ]
-        for _, _, dispatch, _ in configs:  # warm-up: connections, pool threads
-            emails = self.emails(3, 40, 50)
+        # Warm-up until every pool thread has run and opened its database and
+        # SMTP connections: a burst of several mails per thread.
+        threads = len(self.worker_pids) * int(
+            procfile_option("worker", "--concurrency")
+        )
+        warm_up = {"naive": 40, "project": max(40, 4 * threads)}
+        for name, _, dispatch, _ in configs:
+            emails = self.emails(3, warm_up[name], 50)
             for row in self.make_deliveries(emails, status="pending"):
                 dispatch(row)
             self.relay.wait_for(emails, timeout=120)

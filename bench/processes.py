@@ -40,6 +40,12 @@ def procfile_command(name: str) -> list[str]:
     raise RuntimeError(f"no `{name}` process in the Procfile")
 
 
+def procfile_option(name: str, option: str) -> str:
+    """The value an option takes in the Procfile's command for `name`."""
+    command = procfile_command(name)
+    return command[command.index(option) + 1]
+
+
 def worker_processes() -> int:
     """How many worker processes `make run` starts (WORKER_PROCESSES)."""
     script = (ROOT / "bin/run-stack").read_text()
