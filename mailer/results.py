@@ -21,6 +21,17 @@ UPSERT_VENDORS = frozenset({"postgresql", "sqlite"})
 class UpsertTaskResultManager(TaskResultManager):
     """`TaskResultManager` whose `store_result()` is one upsert."""
 
+    # Columns the stock manager writes from keyword arguments, None by default.
+    OPTIONAL = (
+        "traceback",
+        "meta",
+        "periodic_task_name",
+        "task_name",
+        "task_args",
+        "task_kwargs",
+        "worker",
+    )
+
     def store_result(
         self,
         content_type,
@@ -28,15 +39,8 @@ class UpsertTaskResultManager(TaskResultManager):
         task_id,
         result,
         status,
-        traceback=None,
-        meta=None,
-        periodic_task_name=None,
-        task_name=None,
-        task_args=None,
-        task_kwargs=None,
-        worker=None,
         using=None,
-        **kwargs,
+        **fields,
     ) -> None:
         """Insert the task's row, or update every stored field of it."""
         connection = connections[using or router.db_for_write(self.model)]
@@ -47,33 +51,20 @@ class UpsertTaskResultManager(TaskResultManager):
                 task_id,
                 result,
                 status,
-                traceback=traceback,
-                meta=meta,
-                periodic_task_name=periodic_task_name,
-                task_name=task_name,
-                task_args=task_args,
-                task_kwargs=task_kwargs,
-                worker=worker,
                 using=using,
-                **kwargs,
+                **fields,
             )
             return
         now = timezone.now()
         updated = {
             "status": status,
             "result": result,
-            "traceback": traceback,
-            "meta": meta,
             "content_encoding": content_encoding,
             "content_type": content_type,
-            "periodic_task_name": periodic_task_name,
-            "task_name": task_name,
-            "task_args": task_args,
-            "task_kwargs": task_kwargs,
-            "worker": worker,
+            **{name: fields.get(name) for name in self.OPTIONAL},
             "date_done": now,  # auto_now: set on every save
         }
-        if "date_started" in kwargs:  # the backend passes Now() with STARTED
+        if "date_started" in fields:  # the backend passes Now() with STARTED
             updated["date_started"] = now
         inserted = {"task_id": task_id, "date_created": now, **updated}
         self._upsert(connection, inserted=inserted, updated=list(updated))
