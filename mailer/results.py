@@ -4,10 +4,11 @@ The stock manager stores a state with `get_or_create()` and `save()`: for
 STARTED a SELECT, then BEGIN, INSERT, COMMIT; for SUCCESS a SELECT and an
 UPDATE: six round trips per task. Writing each state with one
 `INSERT ... ON CONFLICT (task_id) DO UPDATE` instead took about 1.5 ms of
-worker CPU off each mail (`make bench`, figure 3). PostgreSQL and SQLite both have it, and it needs
-no retry when two workers race on one task id. The rows are the same: same table, same
-columns, same values, so the admin, Flower and `resend_failed` read them as
-before. Any other database falls back to the stock manager.
+worker CPU off each mail (`make bench`, figure 3). PostgreSQL and SQLite
+both have it, and it needs no retry when two workers race on one task id.
+The rows are the same: same table, same columns, same values, so the admin,
+Flower and `resend_failed` read them as before. Any other database falls
+back to the stock manager.
 """
 
 from django.db import connections, router
