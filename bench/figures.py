@@ -381,6 +381,39 @@ class Figures:
             for name, row in rows.items()
         }
         self.results["fig3_counts"] = (c.fig3_naive, c.fig3, c.runs)
+        self.results["fig3_floor"] = self.task_floor(c.fig3, c.runs)
+
+    def task_floor(self, count: int, runs: int) -> dict[str, Runs]:
+        """This project's workers running a task that does nothing.
+
+        Same workers, options and settings as the send (acks_late, task events,
+        STARTED and SUCCESS results): what Celery, Redis and the result backend
+        cost per task before any mail work.
+        """
+        from django.db.models import Max
+        from django_celery_results.models import TaskResult
+
+        from bench.tasks import do_nothing
+
+        rate, cpu = [], []
+        for run in range(runs + 1):  # the first is a warm-up
+            ids = [str(uuid.uuid4()) for _ in range(count)]
+            before = sum(map(process_cpu_seconds, self.worker_pids))
+            started = time.time()
+            for task_id in ids:
+                do_nothing.apply_async(task_id=task_id)
+            done = TaskResult.objects.filter(task_id__in=ids, status="SUCCESS")
+            wait_until(
+                lambda done=done: done.count() == count,
+                timeout=120,
+                what=f"{count} no-op tasks",
+            )
+            if run:
+                last = done.aggregate(last=Max("date_done"))["last"].timestamp()
+                rate.append(count / (last - started))
+                spent = sum(map(process_cpu_seconds, self.worker_pids)) - before
+                cpu.append(spent * 1000 / count)
+        return {"rate": Runs(rate), "cpu": Runs(cpu)}
 
     def fig5_resend_failed(self) -> None:
         """`manage.py resend_failed` over 10,000 failed rows, no worker running."""
