@@ -232,8 +232,8 @@ CELERY_BROKER_URL = REDIS_URL
 # pool instead of building one per command (project/redis_transport.py).
 CELERY_BROKER_TRANSPORT = transport_for(REDIS_URL)
 if REDIS_TLS:
-    # Verified TLS for rediss://. (Stock kombu falls back to certificate
-    # checks off; with the transport named above there is no fallback.)
+    # Verified TLS for rediss://. Stock kombu falls back to unverified TLS;
+    # the transport named above has no fallback, so this is what turns TLS on.
     CELERY_BROKER_USE_SSL = _redis_ssl
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
