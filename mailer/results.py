@@ -6,9 +6,12 @@ UPDATE: six round trips per task. Writing each state with one
 `INSERT ... ON CONFLICT (task_id) DO UPDATE` instead took about 1.5 ms of
 worker CPU off each mail (`make bench`, figure 3). PostgreSQL and SQLite
 both have it, and it needs no retry when two workers race on one task id.
-The rows are the same: same table, same columns, same values, so the admin,
-Flower and `resend_failed` read them as before. Any other database falls
-back to the stock manager.
+Django's own `bulk_create(update_conflicts=True)` writes the same statement
+but wraps it in BEGIN and COMMIT and compiles it through the ORM: measured
+0.55 ms of CPU and three round trips for a task's two writes, against
+0.24 ms and one here (PostgreSQL, one thread). The rows are the same: same
+table, same columns, same values, so the admin, Flower and `resend_failed`
+read them as before. Any other database falls back to the stock manager.
 """
 
 from django.db import connections, router
