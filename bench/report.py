@@ -254,10 +254,9 @@ def _fig3(results, targets) -> list[str]:
     out += [
         "",
         f"Ratio: {ratio:.1f}x the naive worker's mails/s, at {cpu / naive_cpu:.0%} "
-        "of its CPU per mail. The CPU milliseconds themselves move with the "
-        "machine: this is a shared virtual machine, and the same code has "
-        "measured nearly twice as many on one day as on another; the ratio to the "
-        "naive worker, measured in the same minutes, moves far less.",
+        "of its CPU per mail. CPU milliseconds depend on the machine (a shared "
+        "virtual machine, a different one from one session to the next): read "
+        "them against the naive worker's, measured in the same minutes.",
         "",
     ]
     floor = results.get("fig3_floor")
