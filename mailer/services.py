@@ -503,23 +503,29 @@ def _describe_exception(result: str | None) -> str:
 
 @transaction.atomic
 def _mark_for_rerun(batch: list[FailedDelivery]) -> list[tuple[int, str, str]]:
-    """Move still-failed rows back to pending with new task ids; return jobs."""
+    """Move still-failed rows back to pending with new task ids; return jobs.
+
+    The batch's rows are locked first (SELECT ... FOR UPDATE; on SQLite the
+    IMMEDIATE transaction holds the write lock), so a row a worker or another
+    rerun changed since it was listed is left alone, and a batch costs a few
+    statements however many rows it has.
+    """
     now = timezone.now()
-    lease = now + _stale_after()
-    jobs = []
-    for row in batch:
-        task_id = str(uuid.uuid4())
-        marked = Delivery.objects.filter(
-            pk=row.delivery_id, status=Delivery.Status.FAILED
-        ).update(
-            status=Delivery.Status.PENDING,
-            task_id=task_id,
-            lease_expires_at=lease,
-            updated_at=now,
-        )
-        if marked:
-            jobs.append((row.delivery_id, task_id, row.task_id))
-    return jobs
+    old_task_ids = {row.delivery_id: row.task_id for row in batch}
+    still_failed = Delivery.objects.select_for_update().filter(
+        pk__in=old_task_ids, status=Delivery.Status.FAILED
+    )
+    rows = [
+        Delivery(pk=pk, task_id=str(uuid.uuid4()))
+        for pk in still_failed.values_list("pk", flat=True)
+    ]
+    Delivery.objects.filter(pk__in=[row.pk for row in rows]).update(
+        status=Delivery.Status.PENDING,
+        lease_expires_at=now + _stale_after(),
+        updated_at=now,
+    )
+    Delivery.objects.bulk_update(rows, ["task_id"])
+    return [(row.pk, row.task_id, old_task_ids[row.pk]) for row in rows]
 
 
 def _unmark_rerun(jobs: list[tuple[int, str, str]]) -> None:

@@ -8,6 +8,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
+from mailer import services
 from mailer.models import Delivery
 from tests.factories import DeliveryFactory
 
@@ -115,3 +116,40 @@ def test_nothing_failed_means_nothing_to_do():
     output = resend_failed()
 
     assert output.startswith("Nothing to rerun: Rerun 0 failed deliveries")
+
+
+def listed(rows: list[Delivery]) -> list:
+    """The rows as resend_failed lists them before it marks them."""
+    return services._failed_deliveries(
+        Delivery.objects.filter(pk__in=[row.pk for row in rows]).order_by("pk")
+    )
+
+
+def test_marking_a_batch_for_rerun_gives_each_row_a_new_task_id_in_a_few_queries(
+    django_assert_max_num_queries,
+):
+    rows = [failed_delivery(f"r{n}@example.com") for n in range(40)]
+    batch = listed(rows)
+
+    with django_assert_max_num_queries(6):  # not one UPDATE per row
+        jobs = services._mark_for_rerun(batch)
+
+    assert [(pk, old) for pk, _, old in jobs] == [(r.pk, r.task_id) for r in rows]
+    new_ids = {pk: new for pk, new, _ in jobs}
+    assert len(set(new_ids.values()) | {r.task_id for r in rows}) == 80
+    for fresh in Delivery.objects.filter(pk__in=new_ids):
+        assert fresh.status == Delivery.Status.PENDING
+        assert fresh.task_id == new_ids[fresh.pk]
+        assert fresh.lease_expires_at > timezone.now()
+
+
+def test_a_row_that_stopped_being_failed_after_listing_is_not_marked_for_rerun():
+    kept, taken = failed_delivery("a@example.com"), failed_delivery("b@example.com")
+    batch = listed([kept, taken])
+    Delivery.objects.filter(pk=taken.pk).update(status=Delivery.Status.SENT)
+
+    jobs = services._mark_for_rerun(batch)
+
+    assert [pk for pk, _, _ in jobs] == [kept.pk]
+    fresh = Delivery.objects.get(pk=taken.pk)
+    assert (fresh.status, fresh.task_id) == (Delivery.Status.SENT, taken.task_id)
