@@ -508,7 +508,7 @@ def _mark_for_rerun(batch: list[FailedDelivery]) -> list[tuple[int, str, str]]:
     The batch's rows are locked first (SELECT ... FOR UPDATE; on SQLite the
     IMMEDIATE transaction holds the write lock), so a row a worker or another
     rerun changed since it was listed is left alone, and a batch costs a few
-    statements however many rows it has.
+    statements, not one per row.
     """
     now = timezone.now()
     old_task_ids = {row.delivery_id: row.task_id for row in batch}
