@@ -512,8 +512,11 @@ def _mark_for_rerun(batch: list[FailedDelivery]) -> list[tuple[int, str, str]]:
     """
     now = timezone.now()
     old_task_ids = {row.delivery_id: row.task_id for row in batch}
-    still_failed = Delivery.objects.select_for_update().filter(
-        pk__in=old_task_ids, status=Delivery.Status.FAILED
+    # In id order: oldest published first, locks taken in one order.
+    still_failed = (
+        Delivery.objects.select_for_update()
+        .filter(pk__in=old_task_ids, status=Delivery.Status.FAILED)
+        .order_by("pk")
     )
     rows = [
         Delivery(pk=pk, task_id=str(uuid.uuid4()))

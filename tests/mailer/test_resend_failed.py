@@ -1,4 +1,4 @@
-"""resend_failed's options, dry run and refusals (no broker publish here)."""
+"""resend_failed's options, dry run, refusals and batch marking (no publish)."""
 
 from datetime import timedelta
 from io import StringIO
