@@ -270,8 +270,7 @@ def _fig3(results, targets) -> list[str]:
             "of worker CPU per task. That is Celery's consumer (receive, unacked "
             "bookkeeping in Redis, ack), three task events, tracing and the two "
             "result writes, all of which the design asks for; the send (claim, "
-            "render, MIME, four SMTP round trips, `mark_sent`) and the GIL "
-            "hand-offs of its round trips are the rest.",
+            "render, MIME, four SMTP round trips, `mark_sent`) is the rest.",
             "",
         ]
     targets.append(

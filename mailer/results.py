@@ -4,8 +4,9 @@ The stock manager stores a state with `get_or_create()` and `save()`: for
 STARTED a SELECT, then BEGIN, INSERT, COMMIT; for SUCCESS a SELECT and an
 UPDATE: six round trips per task. Writing each state with one
 `INSERT ... ON CONFLICT (task_id) DO UPDATE` instead took about 1.5 ms of
-worker CPU off each mail (`make bench`, figure 3). PostgreSQL and SQLite
-both have it, and it needs no retry when two workers race on one task id.
+worker CPU off each mail (the bench's workers and relay, on one machine).
+PostgreSQL and SQLite both have it, and it needs no retry when two workers
+race on one task id.
 Django's own `bulk_create(update_conflicts=True)` writes the same statement
 but wraps it in BEGIN and COMMIT and compiles it through the ORM: measured
 0.55 ms of CPU and three round trips for a task's two writes, against
