@@ -6,7 +6,12 @@ class MailerConfig(AppConfig):
     verbose_name = "Mailer"
 
     def ready(self) -> None:
-        from mailer import checks, connections, receivers  # noqa: F401 - registers
+        from mailer import (  # noqa: F401 - registers checks and signal receivers
+            checks,
+            connections,
+            lifeline,
+            receivers,
+        )
         from users.signals import (
             activation_resend_requested,
             registration_repeated,

@@ -26,3 +26,20 @@ def check_delays_below_visibility_timeout(app_configs, **kwargs) -> list[Error]:
             )
         ]
     return []
+
+
+@register(Tags.compatibility)
+def check_heartbeat_renews_within_the_lease(app_configs, **kwargs) -> list[Error]:
+    """A lease must outlive a few heartbeats, or live workers lose their rows."""
+    interval, lease = settings.MAILER_HEARTBEAT_INTERVAL, settings.MAILER_LEASE
+    if 0 < interval and lease < 2 * interval:
+        return [
+            Error(
+                f"MAILER_LEASE ({lease:g}s) is shorter than two heartbeats "
+                f"(MAILER_HEARTBEAT_INTERVAL={interval:g}s): one late beat would "
+                "hand a live worker's mails to another worker.",
+                hint="Keep MAILER_LEASE at least 3x MAILER_HEARTBEAT_INTERVAL.",
+                id="mailer.E002",
+            )
+        ]
+    return []

@@ -29,11 +29,19 @@ class Delivery(models.Model):
         max_length=10, choices=Status.choices, default=Status.PENDING
     )
     attempts = models.PositiveIntegerField(default=0)
+    # Transient failures of this mail (greylisting, a 4xx for it): the retry
+    # budget, kept on the row so a re-dispatch does not reset it. A relay-wide
+    # outage does not count here.
+    retries = models.PositiveIntegerField(default=0)
+    # Parked while the relay is down; released when a probe or a send succeeds.
+    waiting_for_relay = models.BooleanField(default=False)
     task_id = models.CharField(max_length=255, blank=True, db_index=True)
     message_id = models.CharField(max_length=255, blank=True)
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
-    # When a pending or sending row counts as left behind (the sweeper's cue).
+    # When a pending or sending row counts as left behind (the sweeper's cue),
+    # on the database's clock. A worker renews it every heartbeat while it
+    # holds the row's message or attempt (mailer/lifeline.py).
     lease_expires_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -55,13 +63,47 @@ class Delivery(models.Model):
                 fields=["user", "kind", "created_at"],
                 name="mailer_delivery_recent_idx",
             ),
+            # The sweeper and the lifeline look only at unfinished rows: on an
+            # outbox of millions, almost all sent, these stay small.
             models.Index(
-                fields=["status", "lease_expires_at"], name="mailer_delivery_due_idx"
+                fields=["lease_expires_at"],
+                condition=models.Q(status="pending"),
+                name="mailer_delivery_pending_idx",
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=models.Q(status="sending"),
+                name="mailer_delivery_sending_idx",
+            ),
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(status__in=["pending", "sending"]),
+                name="mailer_delivery_unfinished_idx",
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} mail #{self.pk} ({self.status})"
+
+
+class RelayState(models.Model):
+    """Whether the SMTP relay is down, shared by every worker: one row.
+
+    A relay-wide failure (refused, dropped, timed out, 421) marks it down;
+    sends are parked instead of spending their retries, and one worker at a
+    time probes the relay every MAILER_RELAY_PROBE_INTERVAL seconds.
+    """
+
+    down_since = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    # When the next probe is due; pushed ahead by whoever takes the probe.
+    probe_due_at = models.DateTimeField(null=True, blank=True)
+    # Outages since the last delivered mail: a relay that goes down again
+    # right after each probe is probed less and less often.
+    outages = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return "relay down" if self.down_since else "relay up"
 
 
 class TaskResultRecord(TaskResult):

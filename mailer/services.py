@@ -11,8 +11,9 @@ from email.utils import make_msgid
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from mailer.messages import build_message
@@ -80,25 +81,42 @@ def dispatch_after_commit(delivery_id: int, task_id: str) -> None:
         logger.exception(
             "Dispatch of delivery %s failed; left pending for the sweeper", delivery_id
         )
+        _make_due(delivery_id)
+
+
+def _make_due(delivery_id: int) -> None:
+    """Let the next rescue publish a row whose dispatch failed, not the backstop.
+
+    A worker's lifeline publishes due rows seconds after the broker answers
+    again; if this write fails too, the row keeps its MAILER_STALE_AFTER lease.
+    """
+    try:
+        Delivery.objects.filter(pk=delivery_id, status=Delivery.Status.PENDING).update(
+            lease_expires_at=Now()
+        )
+    except Exception:  # noqa: BLE001 - the backstop lease still covers the row
+        logger.exception("Could not mark delivery %s due", delivery_id)
 
 
 def claim_delivery(*, delivery_id: int, task_id: str) -> Delivery | None:
     """Take a pending row for one send attempt; None when someone else has it.
 
     A conditional UPDATE, atomic on every backend: of many copies of one
-    task message, exactly one moves the row from pending to sending.
+    task message, exactly one moves the row from pending to sending. The
+    lease is MAILER_LEASE on the database's clock; the worker's lifeline
+    renews it while the attempt runs.
     """
     now = timezone.now()
-    lease = now + timedelta(seconds=settings.MAILER_SEND_TIME_LIMIT) + _stale_after()
     if connection.vendor == "postgresql":
-        return _claim_returning(delivery_id, task_id, now=now, lease=lease)
+        return _claim_returning(delivery_id, task_id, now=now)
     claimed = Delivery.objects.filter(
         pk=delivery_id, status=Delivery.Status.PENDING
     ).update(
         status=Delivery.Status.SENDING,
+        waiting_for_relay=False,
         task_id=task_id,
         attempts=F("attempts") + 1,
-        lease_expires_at=lease,
+        lease_expires_at=Now() + _lease(),
         updated_at=now,
     )
     if not claimed:
@@ -107,7 +125,7 @@ def claim_delivery(*, delivery_id: int, task_id: str) -> Delivery | None:
 
 
 def _claim_returning(
-    delivery_id: int, task_id: str, *, now: datetime, lease: datetime
+    delivery_id: int, task_id: str, *, now: datetime
 ) -> Delivery | None:
     """The same claim in one round trip: UPDATE ... FROM ... RETURNING the user.
 
@@ -118,7 +136,7 @@ def _claim_returning(
     params = [
         Delivery.Status.SENDING.value,
         task_id,
-        lease,
+        _lease(),
         now,
         delivery_id,
         Delivery.Status.PENDING.value,
@@ -134,6 +152,7 @@ def _claim_returning(
         "status": Delivery.Status.SENDING,
         "task_id": task_id,
         "attempts": user.claimed_attempts,
+        "retries": user.claimed_retries,
         "message_id": user.claimed_message_id,
     }
     # from_db takes the loaded values in the model's field order.
@@ -155,17 +174,41 @@ def _claim_sql() -> str:
         for name in ("id", "email", "password", "is_active", "activated_at")
     )
     return (
-        f"UPDATE {delivery} AS d SET status = %s, task_id = %s, "
-        "attempts = d.attempts + 1, lease_expires_at = %s, updated_at = %s "
-        f"FROM {user} AS u WHERE d.id = %s AND d.status = %s AND u.id = d.user_id "
+        f"UPDATE {delivery} AS d SET status = %s, waiting_for_relay = false, "
+        "task_id = %s, "
+        "attempts = d.attempts + 1, lease_expires_at = STATEMENT_TIMESTAMP() + %s, "
+        f"updated_at = %s FROM {user} AS u WHERE d.id = %s AND d.status = %s "
+        "AND u.id = d.user_id "
         f"RETURNING {user_columns}, d.kind AS claimed_kind, "
-        "d.attempts AS claimed_attempts, d.message_id AS claimed_message_id"
+        "d.attempts AS claimed_attempts, d.retries AS claimed_retries, "
+        "d.message_id AS claimed_message_id"
     )
 
 
 def send_delivery(delivery: Delivery) -> None:
-    """Render the mail for a claimed row (by its kind) and hand it to SMTP."""
-    ReusedConnection.send(build_message(delivery))
+    """Render the mail for a claimed row (by its kind) and hand it to SMTP.
+
+    Right before DATA the attempt checks that it still holds the row (a
+    fencing token): a worker frozen past its lease and resumed sends nothing.
+    Raises `ClaimLost` then.
+    """
+    fence = functools.partial(
+        hold_claim, delivery_id=delivery.pk, task_id=delivery.task_id
+    )
+    ReusedConnection.send(build_message(delivery), fence=fence)
+
+
+def hold_claim(*, delivery_id: int, task_id: str) -> bool:
+    """Renew an attempt's lease if it still holds the row; False if it lost it.
+
+    The lease must not have run out: a row past its lease may already be
+    another worker's, even before the rescue has moved it.
+    """
+    return bool(
+        _claimed_by(delivery_id, task_id)
+        .filter(lease_expires_at__gt=Now())
+        .update(lease_expires_at=Now() + _lease())
+    )
 
 
 def mark_sent(*, delivery_id: int, task_id: str) -> bool:
@@ -185,15 +228,79 @@ def mark_sent(*, delivery_id: int, task_id: str) -> bool:
 def mark_retrying(
     *, delivery_id: int, task_id: str, countdown: float, code: int | None, reason: str
 ) -> None:
-    """Hand a claimed row back to pending until its retry is due."""
-    now = timezone.now()
+    """Hand a claimed row back to pending until its retry is due; count it.
+
+    If the retry's message is lost, the row is due MAILER_LEASE after the
+    retry would have run.
+    """
     _claimed_by(delivery_id, task_id).update(
         status=Delivery.Status.PENDING,
+        retries=F("retries") + 1,
         smtp_code=code,
         last_error=reason,
-        lease_expires_at=now + timedelta(seconds=countdown) + _stale_after(),
-        updated_at=now,
+        lease_expires_at=Now() + timedelta(seconds=countdown) + _lease(),
+        updated_at=timezone.now(),
     )
+
+
+def park_for_relay(
+    *, delivery_id: int, task_id: str | None, code: int | None, reason: str
+) -> bool:
+    """Set a row aside until the relay answers again, spending no retry.
+
+    A claimed row (`task_id` given) goes back from sending; an unclaimed one
+    is parked as it is. The lease is the backstop if no release ever comes:
+    MAILER_STALE_AFTER, and at least the longest probe interval, so that a
+    parked row is not re-dispatched while the relay is still being probed.
+    False if the row was neither (sent, or someone else's).
+    """
+    backstop = max(
+        settings.MAILER_STALE_AFTER, settings.MAILER_RELAY_PROBE_INTERVAL_MAX
+    )
+    if task_id is None:
+        rows = Delivery.objects.filter(pk=delivery_id, status=Delivery.Status.PENDING)
+    else:
+        rows = _claimed_by(delivery_id, task_id)
+    return bool(
+        rows.update(
+            status=Delivery.Status.PENDING,
+            waiting_for_relay=True,
+            smtp_code=code,
+            last_error=reason,
+            lease_expires_at=Now() + timedelta(seconds=backstop),
+            updated_at=timezone.now(),
+        )
+    )
+
+
+def release_parked() -> int:
+    """Make every row parked for the relay due now; return how many."""
+    return Delivery.objects.filter(
+        status=Delivery.Status.PENDING, waiting_for_relay=True
+    ).update(waiting_for_relay=False, lease_expires_at=Now())
+
+
+def renew_leases(*, delivery_ids: list[int], task_ids: list[str]) -> int:
+    """Extend the leases of rows this worker holds: messages and attempts.
+
+    Pending rows by id (their messages are in this worker's hands); sending
+    rows only under this worker's task ids, so a stale copy of a message
+    never keeps another attempt's row alive.
+    """
+    if not delivery_ids:
+        return 0
+    held = Delivery.objects.filter(pk__in=delivery_ids).filter(
+        models.Q(status=Delivery.Status.PENDING, waiting_for_relay=False)
+        | models.Q(status=Delivery.Status.SENDING, task_id__in=task_ids)
+    )
+    return held.update(lease_expires_at=Now() + _lease())
+
+
+def make_pending_due() -> int:
+    """Make every pending row due now: the broker lost its queue."""
+    return Delivery.objects.filter(
+        status=Delivery.Status.PENDING, waiting_for_relay=False
+    ).update(lease_expires_at=Now())
 
 
 def mark_failed(
@@ -284,14 +391,15 @@ def sweep_stale_deliveries(
     """
     report = SweepReport()
     for _ in range(max_batches):
-        now = timezone.now()
-        report.reclaimed += _reclaim_dead_attempts(now=now, limit=batch_size)
-        jobs = _lease_due_deliveries(now=now, limit=batch_size)
+        report.reclaimed += _reclaim_dead_attempts(limit=batch_size)
+        jobs = _lease_due_deliveries(limit=batch_size)
         if jobs:
             try:
                 publish_deliveries([(job[0], job[1]) for job in jobs])
-            except Exception:  # noqa: BLE001 - leave the rows due for the next sweep
-                logger.exception("Sweep could not publish %d deliveries", len(jobs))
+            except Exception as error:  # noqa: BLE001 - due again for the next sweep
+                logger.warning(
+                    "Sweep could not publish %d deliveries: %r", len(jobs), error
+                )
                 _release_leases(jobs)
                 report.not_published.extend(job[0] for job in jobs)
                 break
@@ -301,38 +409,47 @@ def sweep_stale_deliveries(
     return report
 
 
-def _reclaim_dead_attempts(*, now: datetime, limit: int) -> int:
+def _reclaim_dead_attempts(*, limit: int) -> int:
     """Move sending rows whose lease has passed back to pending."""
     dead = Delivery.objects.filter(
-        status=Delivery.Status.SENDING, lease_expires_at__lt=now
+        status=Delivery.Status.SENDING, lease_expires_at__lt=Now()
     )
     ids = list(dead.order_by("lease_expires_at").values_list("pk", flat=True)[:limit])
     if not ids:
         return 0
     return dead.filter(pk__in=ids).update(
-        status=Delivery.Status.PENDING, updated_at=now
+        status=Delivery.Status.PENDING, updated_at=timezone.now()
     )
 
 
 @transaction.atomic
-def _lease_due_deliveries(*, now: datetime, limit: int) -> list[tuple]:
+def _lease_due_deliveries(*, limit: int) -> list[tuple]:
     """Give due pending rows a new task id and lease.
 
     Returns (id, new task id, old lease, old task id) for each row taken.
-    Each row is taken with a compare-and-set on its old lease, so of two
+    Each row is taken with a compare-and-set on its old task id, so of two
     sweeps running at once only one takes it.
     """
     due = Delivery.objects.filter(
-        status=Delivery.Status.PENDING, lease_expires_at__lt=now
+        status=Delivery.Status.PENDING, lease_expires_at__lt=Now()
     ).order_by("lease_expires_at")
-    lease = now + _stale_after()
+    now = timezone.now()
+    lease = Now() + _stale_after()
     jobs = []
     rows = due.values_list("pk", "lease_expires_at", "task_id")[:limit]
     for pk, old_lease, old_task_id in rows:
         task_id = str(uuid.uuid4())
         taken = Delivery.objects.filter(
-            pk=pk, status=Delivery.Status.PENDING, lease_expires_at=old_lease
-        ).update(task_id=task_id, lease_expires_at=lease, updated_at=now)
+            pk=pk,
+            status=Delivery.Status.PENDING,
+            task_id=old_task_id,
+            lease_expires_at__lt=Now(),
+        ).update(
+            task_id=task_id,
+            waiting_for_relay=False,
+            lease_expires_at=lease,
+            updated_at=now,
+        )
         if taken:
             jobs.append((pk, task_id, old_lease, old_task_id))
     return jobs
@@ -548,6 +665,10 @@ def _claimed_by(delivery_id: int, task_id: str):
 
 def _stale_after() -> timedelta:
     return timedelta(seconds=settings.MAILER_STALE_AFTER)
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.MAILER_LEASE)
 
 
 def _sender_domain() -> str:

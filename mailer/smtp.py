@@ -4,9 +4,14 @@ import smtplib
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.core.mail import EmailMessage, get_connection
+from django.core.mail.backends import smtp as django_smtp
+
+# 421: the relay is closing the channel, for every mail, not for this one.
+SERVICE_NOT_AVAILABLE = 421
 
 
 @dataclass(frozen=True)
@@ -16,6 +21,9 @@ class SendFailure:
     transient: bool
     code: int | None
     reason: str
+    # The relay as a whole is unusable (refused, dropped, timed out, 421, a
+    # 4xx before any recipient): not this mail's fault, so no retry is spent.
+    relay_wide: bool = False
 
 
 def classify_smtp_error(error: BaseException) -> SendFailure:
@@ -24,23 +32,30 @@ def classify_smtp_error(error: BaseException) -> SendFailure:
     Every smtplib exception is an OSError, so the type alone says little:
     4xx replies are transient, 5xx replies permanent; a recipient refused at
     RCPT TO counts by its own code. Timeouts and dropped or refused
-    connections are transient.
+    connections are transient, and relay-wide like a 421 or a 4xx to the
+    greeting, EHLO or MAIL FROM; a 4xx for one recipient or one message
+    (greylisting) is this mail's own.
     """
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         replies = list(error.recipients.values())
         codes = [code for code, _ in replies]
         code = max(codes) if codes else None
         reason = "; ".join(_text(message) for _, message in replies)
-        return SendFailure(transient=_is_transient(code), code=code, reason=reason)
+        relay_wide = bool(codes) and all(c == SERVICE_NOT_AVAILABLE for c in codes)
+        return SendFailure(_is_transient(code), code, reason, relay_wide)
     if isinstance(error, smtplib.SMTPResponseException):
         code = error.smtp_code
         reason = _text(error.smtp_error)
-        return SendFailure(transient=_is_transient(code), code=code, reason=reason)
+        before_recipients = not isinstance(error, smtplib.SMTPDataError)
+        relay_wide = _is_transient(code) and (
+            code == SERVICE_NOT_AVAILABLE or before_recipients
+        )
+        return SendFailure(_is_transient(code), code, reason, relay_wide)
     if isinstance(error, smtplib.SMTPNotSupportedError | ssl.SSLCertVerificationError):
         return SendFailure(transient=False, code=None, reason=str(error))
     if isinstance(error, OSError):  # timeouts, resets, disconnects, DNS
         reason = str(error) or type(error).__name__
-        return SendFailure(transient=True, code=None, reason=reason)
+        return SendFailure(transient=True, code=None, reason=reason, relay_wide=True)
     raise TypeError(f"not an SMTP error: {error!r}")
 
 
@@ -53,6 +68,58 @@ def _text(message: bytes | str) -> str:
     if isinstance(message, bytes):
         return message.decode("utf-8", "replace")
     return str(message)
+
+
+class ClaimLost(Exception):
+    """The attempt no longer holds its row: the message must not be sent."""
+
+
+class _FencedMixin:
+    """Check a fence right before DATA: past it, the relay has the mail.
+
+    `fence` is set per send; when it returns False (another attempt took the
+    row over) the transaction is abandoned before any data is handed over.
+    """
+
+    fence: Callable[[], bool] | None = None
+
+    def data(self, msg):
+        if self.fence is not None and not self.fence():
+            raise ClaimLost("claim lost before DATA")
+        return super().data(msg)
+
+
+class FencedSMTP(_FencedMixin, smtplib.SMTP):
+    pass
+
+
+class FencedSMTPSSL(_FencedMixin, smtplib.SMTP_SSL):
+    pass
+
+
+class EmailBackend(django_smtp.EmailBackend):
+    """Django's SMTP backend, checking the attempt's claim before DATA."""
+
+    @property
+    def connection_class(self):
+        return FencedSMTPSSL if self.use_ssl else FencedSMTP
+
+
+def probe_relay() -> None:
+    """Open a connection to the relay, say EHLO and NOOP, and close it.
+
+    Cheap: no mail is handed over. Raises what the connection raised.
+    """
+    backend = get_connection(fail_silently=False)
+    backend.open()
+    try:
+        smtp = getattr(backend, "connection", None)
+        if smtp is not None:
+            code, message = smtp.noop()
+            if code != 250:
+                raise smtplib.SMTPResponseException(code, message)
+    finally:
+        _close_quietly(backend)
 
 
 class ReusedConnection:
@@ -69,13 +136,29 @@ class ReusedConnection:
     _lock = threading.Lock()
 
     @classmethod
-    def send(cls, message: EmailMessage) -> None:
+    def send(
+        cls, message: EmailMessage, *, fence: Callable[[], bool] | None = None
+    ) -> None:
+        """Send one message; `fence` is asked right before DATA, if at all.
+
+        A backend that is not SMTP (the test suite's in-memory one) has no
+        DATA: the fence is asked before the message is handed to it.
+        """
         backend = cls._backend()
+        smtp = getattr(backend, "connection", None)
+        fenced = isinstance(smtp, _FencedMixin)
         try:
+            if fenced:
+                smtp.fence = fence
+            elif fence is not None and not fence():
+                raise ClaimLost("claim lost before sending")
             backend.send_messages([message])
         except BaseException:
             cls._discard(backend)
             raise
+        finally:
+            if fenced:
+                smtp.fence = None
         cls._local.last_used = time.monotonic()
 
     @classmethod

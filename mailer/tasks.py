@@ -1,16 +1,13 @@
 """Celery tasks: serialization, retries and logging around the mailer services."""
 
 import logging
-import random
 import time
 
 from celery import Task, shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
-from django.conf import settings
-from django.db import DatabaseError, connection
 
-from mailer import services
-from mailer.smtp import ReusedConnection, classify_smtp_error
+from mailer import attempts, services
+from mailer.smtp import ReusedConnection
 
 logger = logging.getLogger(__name__)
 
@@ -20,106 +17,39 @@ logger = logging.getLogger(__name__)
     acks_late=True,
     reject_on_worker_lost=True,
     retry_on_worker_lost=True,
-    max_retries=None,  # counted against MAILER_MAX_RETRIES below, read at run time
+    max_retries=None,  # mails count their retries on the row (mailer.attempts)
 )
 def send_welcome_email(self: Task, delivery_id: int) -> str:
-    """Send the welcome mail of one outbox row, at most once.
+    """Send the mail of one outbox row, at most once.
 
-    Returns "sent", or "skipped" when another attempt owns or finished the row.
+    Returns "sent", "skipped" when another attempt owns or finished the row,
+    or "parked" when the relay is down and the mail waits for it.
     """
-    task_id = self.request.id
-    try:
-        delivery = services.claim_delivery(delivery_id=delivery_id, task_id=task_id)
-    except DatabaseError as error:  # nothing claimed, nothing sent: try later
-        retries = self.request.retries
-        _log(delivery_id, task_id, retries, "database-retry", None, 0.0)
-        raise self.retry(
-            exc=error,
-            countdown=retry_countdown(retries),
-            max_retries=settings.MAILER_MAX_RETRIES,
-        ) from error
-    if delivery is None:
-        _log(delivery_id, task_id, self.request.retries, "skipped", None, 0.0)
-        return "skipped"
     started = time.monotonic()
-    try:
-        services.send_delivery(delivery)
-    except OSError as error:  # every smtplib error, timeouts, resets
-        failure = classify_smtp_error(error)
-        elapsed = time.monotonic() - started
-        retries = self.request.retries
-        if failure.transient and retries < settings.MAILER_MAX_RETRIES:
-            countdown = retry_countdown(retries)
-            services.mark_retrying(
-                delivery_id=delivery_id,
-                task_id=task_id,
-                countdown=countdown,
-                code=failure.code,
-                reason=failure.reason,
-            )
-            _log(delivery_id, task_id, retries, "retry", failure.code, elapsed)
-            raise self.retry(
-                exc=error, countdown=countdown, max_retries=None
-            ) from error
-        services.mark_failed(
-            delivery_id=delivery_id,
-            task_id=task_id,
-            code=failure.code,
-            reason=failure.reason,
-        )
-        _log(delivery_id, task_id, retries, "failed", failure.code, elapsed)
-        raise
-    _record_sent(delivery_id, task_id)
-    _log(
-        delivery_id,
-        task_id,
-        self.request.retries,
-        "sent",
-        250,
-        time.monotonic() - started,
+    outcome = attempts.attempt_delivery(
+        delivery_id=delivery_id, task_id=self.request.id, retries=self.request.retries
     )
-    return "sent"
+    _log(self.request, delivery_id, outcome, time.monotonic() - started)
+    if isinstance(outcome, attempts.RetryAfter):
+        raise self.retry(
+            exc=outcome.error,
+            countdown=outcome.countdown,
+            max_retries=outcome.max_retries,
+        ) from outcome.error
+    if isinstance(outcome, attempts.Failed):
+        raise outcome.error
+    return outcome.name
 
 
-def _record_sent(delivery_id: int, task_id: str) -> None:
-    """Record an accepted mail, riding out a short database outage.
-
-    The relay already has the mail; giving up here leaves the row to the
-    sweeper, which would send it again, so keep trying for a while.
-    """
-    deadline = time.monotonic() + settings.MAILER_STALE_AFTER / 2
-    while True:
-        try:
-            services.mark_sent(delivery_id=delivery_id, task_id=task_id)
-            return
-        except DatabaseError:
-            if time.monotonic() > deadline:
-                raise
-            logger.warning(
-                "Recording delivery %s as sent failed; retrying", delivery_id
-            )
-            if not connection.in_atomic_block:
-                connection.close_if_unusable_or_obsolete()  # reconnect next time
-            time.sleep(0.5)
-
-
-def retry_countdown(retries: int) -> float:
-    """Exponential backoff from MAILER_RETRY_BACKOFF, capped, with equal jitter."""
-    ceiling = min(
-        settings.MAILER_RETRY_BACKOFF_MAX, settings.MAILER_RETRY_BACKOFF * 2**retries
-    )
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def _log(delivery_id, task_id, retries, outcome, code, elapsed) -> None:
+def _log(request, delivery_id: int, outcome: attempts.Outcome, elapsed: float) -> None:
     logger.info(
         "welcome_email delivery=%s task=%s attempt=%s outcome=%s smtp_code=%s "
         "duration_ms=%.1f",
         delivery_id,
-        task_id,
-        retries + 1,
-        outcome,
-        code,
+        request.id,
+        request.retries + 1,
+        outcome.name,
+        250 if isinstance(outcome, attempts.Sent) else getattr(outcome, "code", None),
         elapsed * 1000,
     )
 

@@ -158,9 +158,9 @@ STORAGES = {
 
 # --- Email ------------------------------------------------------------------
 
-EMAIL_BACKEND = env.str(
-    "EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend"
-)
+# Django's SMTP backend with a check before DATA that the attempt still holds
+# its row (mailer/smtp.py): a worker resumed after a freeze sends no copy.
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="mailer.smtp.EmailBackend")
 EMAIL_HOST = env.str("EMAIL_HOST", default="127.0.0.1")
 EMAIL_PORT = env.int("EMAIL_PORT", default=1025)
 EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
@@ -178,10 +178,27 @@ DEFAULT_FROM_EMAIL = env.str(
 MAILER_MAX_RETRIES = env.int("MAILER_MAX_RETRIES", default=8)
 MAILER_RETRY_BACKOFF = env.float("MAILER_RETRY_BACKOFF", default=30.0)
 MAILER_RETRY_BACKOFF_MAX = env.float("MAILER_RETRY_BACKOFF_MAX", default=600.0)
+# How long a pending row's message may sit in Redis, held by no worker, before
+# the sweeper publishes it again (a message lost with a Redis that kept no
+# data, a retry publish dropped while Redis was down). Rows a worker holds
+# live on MAILER_LEASE instead; this is the backstop.
 MAILER_STALE_AFTER = env.float("MAILER_STALE_AFTER", default=300.0)
 MAILER_SWEEP_INTERVAL = env.float("MAILER_SWEEP_INTERVAL", default=60.0)
-# Hard limit on one send attempt; must stay below MAILER_STALE_AFTER so a
-# claimed row is never re-dispatched while its first attempt can still send.
+# A worker's hold on the rows of the messages it has taken and the attempts it
+# runs, on the database's clock, renewed every MAILER_HEARTBEAT_INTERVAL by
+# each worker process (mailer/lifeline.py). A worker that dies or freezes
+# stops renewing; within MAILER_LEASE its rows are another worker's.
+MAILER_LEASE = env.float("MAILER_LEASE", default=10.0)
+MAILER_HEARTBEAT_INTERVAL = env.float("MAILER_HEARTBEAT_INTERVAL", default=2.0)
+# Seconds between probes (connect, EHLO, NOOP) of a relay that is down; one
+# worker probes at a time, and a relay that fails again right after coming
+# back is probed less often, up to MAILER_RELAY_PROBE_INTERVAL_MAX.
+MAILER_RELAY_PROBE_INTERVAL = env.float("MAILER_RELAY_PROBE_INTERVAL", default=5.0)
+MAILER_RELAY_PROBE_INTERVAL_MAX = env.float(
+    "MAILER_RELAY_PROBE_INTERVAL_MAX", default=60.0
+)
+# Hard limit on one send attempt: past it a worker stops renewing the
+# attempt's lease, so a hung attempt's row goes to another worker.
 MAILER_SEND_TIME_LIMIT = env.float("MAILER_SEND_TIME_LIMIT", default=120.0)
 # Mails a person can trigger again and again: at most one per address per interval
 # (seconds), kept in the database so it holds even when Redis rate limits fail open.
@@ -236,6 +253,8 @@ if REDIS_TLS:
     # the transport named above has no fallback, so this is what turns TLS on.
     CELERY_BROKER_USE_SSL = _redis_ssl
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Reconnect every second, not after up to 30 s, once Redis answers again.
+CELERY_WORKER_CONSUMER = "project.worker:Consumer"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Longer than any countdown the send task asks for (backoff cap, time
     # limit); a message held longer than this is redelivered and runs twice.

@@ -4,6 +4,7 @@ import pytest
 import redis
 from django.db import connection
 
+from mailer import relay
 from mailer.smtp import ReusedConnection
 from tests import services
 from tests.support import RedisServer, SmtpServer, WorkerProcess
@@ -11,9 +12,10 @@ from tests.support import RedisServer, SmtpServer, WorkerProcess
 
 @pytest.fixture(autouse=True)
 def _fresh_smtp_connections():
-    """No SMTP connection kept by one test leaks into the next."""
+    """No SMTP connection or relay state kept by one test leaks into the next."""
     yield
     ReusedConnection.close_all()
+    relay.forget_belief()
 
 
 @pytest.fixture(autouse=True)
@@ -62,8 +64,8 @@ def smtp(smtp_server):
 
 @pytest.fixture
 def real_smtp(settings):
-    """Send through Django's SMTP backend instead of the test runner's locmem."""
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    """Send through the project's SMTP backend instead of the test runner's locmem."""
+    settings.EMAIL_BACKEND = "mailer.smtp.EmailBackend"
 
 
 def database_url() -> str:
@@ -96,9 +98,13 @@ def worker_env(**overrides: str) -> dict[str, str]:
 def celery_worker(
     django_db_setup, django_db_blocker, redis_server, smtp_server, tmp_path_factory
 ):
-    """One real Celery worker process for the integration tests."""
+    """One real Celery worker process for the integration tests.
+
+    It outlives them, and the fault tests' stacks share its database: its
+    lifeline is off so that it never rescues a row of theirs into its Redis.
+    """
     with django_db_blocker.unblock():
-        env = worker_env()
+        env = worker_env(MAILER_HEARTBEAT_INTERVAL="0")
     worker = WorkerProcess(
         env=env, log_path=tmp_path_factory.mktemp("worker") / "worker.log"
     ).start()

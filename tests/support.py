@@ -149,12 +149,14 @@ class SmtpScript:
     """Replies the test server gives, per recipient, attempt by attempt.
 
     `delay` stalls after the message data arrived (the relay has the mail);
-    `rcpt_delay` stalls at RCPT TO, before any data was sent.
+    `rcpt_delay` stalls at RCPT TO, before any data was sent; `rcpt_reply`,
+    when set, answers every RCPT TO (a relay deferring everyone).
     """
 
     replies: dict[str, list[str]] = field(default_factory=dict)
     delay: float = 0.0
     rcpt_delay: float = 0.0
+    rcpt_reply: str = ""
 
 
 class RecordingHandler:
@@ -185,6 +187,8 @@ class RecordingHandler:
             self.rcpt_seen += 1
         if self.script.rcpt_delay:
             await asyncio.sleep(self.script.rcpt_delay)
+        if self.script.rcpt_reply:
+            return self.script.rcpt_reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -364,10 +368,15 @@ class GunicornProcess(ProjectProcess):
 
 
 class SilentSmtpServer:
-    """Accepts TCP connections on a port and never says a word."""
+    """Accepts TCP connections on a port and never says a word.
 
-    def __init__(self, port: int) -> None:
+    With a `greeting` it says that one line and hangs up instead (a relay
+    answering 421 at connect).
+    """
+
+    def __init__(self, port: int, *, greeting: bytes = b"") -> None:
         self.port = port
+        self.greeting = greeting
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.settimeout(0.1)
@@ -386,6 +395,10 @@ class SilentSmtpServer:
             try:
                 conn, _ = self.sock.accept()
             except TimeoutError:
+                continue
+            if self.greeting:
+                conn.sendall(self.greeting)
+                conn.close()
                 continue
             self.accepted.append(conn)
 

@@ -72,8 +72,8 @@ class FaultStack:
             self.silent.stop()
             self.silent = None
 
-    def start_silent_smtp(self) -> SilentSmtpServer:
-        self.silent = SilentSmtpServer(self.smtp_port).start()
+    def start_silent_smtp(self, *, greeting: bytes = b"") -> SilentSmtpServer:
+        self.silent = SilentSmtpServer(self.smtp_port, greeting=greeting).start()
         return self.silent
 
     def start_web(self) -> GunicornProcess:
@@ -148,18 +148,38 @@ class FaultStack:
         self.redis.cleanup()
 
 
-@pytest.fixture
-def fault_stack(django_db_blocker, tmp_path):
-    """A stack with its own redis-server and SMTP port; processes start on demand."""
+def _stack(django_db_blocker, tmp_path, **overrides: str):
     redis = RedisServer(free_port()).start()
     smtp_port = free_port()
     with django_db_blocker.unblock():
-        env = worker_env(REDIS_URL=redis.url, EMAIL_PORT=str(smtp_port), **FAULT_ENV)
+        env = worker_env(REDIS_URL=redis.url, EMAIL_PORT=str(smtp_port), **overrides)
     stack = FaultStack(log_dir=tmp_path, redis=redis, smtp_port=smtp_port, env=env)
     try:
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def fault_stack(django_db_blocker, tmp_path):
+    """A stack with its own redis-server and SMTP port; processes start on demand."""
+    yield from _stack(django_db_blocker, tmp_path, **FAULT_ENV)
+
+
+@pytest.fixture
+def default_stack(django_db_blocker, tmp_path):
+    """The same stack on the shipped defaults: no MAILER_* or Celery timing set.
+
+    Only the registration rate limit is lifted (every request comes from
+    127.0.0.1), and the worker keeps the suite's real SMTP backend.
+    """
+    stacks = _stack(django_db_blocker, tmp_path, RATELIMIT_REGISTER_IP="100000/h")
+    stack = next(stacks)
+    shipped = ("MAILER_", "CELERY_", "EMAIL_TIMEOUT")
+    for name in [name for name in stack.env if name.startswith(shipped)]:
+        del stack.env[name]
+    yield stack
+    next(stacks, None)
 
 
 @pytest.fixture(scope="session")
@@ -179,7 +199,13 @@ def record(fault_matrix, request):
     """Record one scenario's outcome for docs/RELIABILITY.md."""
 
     def record(
-        *, scenario: str, happened: str, expected: int, arrived: int, duplicates: int
+        *,
+        scenario: str,
+        happened: str,
+        expected: int,
+        arrived: int,
+        duplicates: int,
+        recovery: float | None = None,
     ) -> None:
         fault_matrix.append(
             {
@@ -189,6 +215,7 @@ def record(fault_matrix, request):
                 "expected": expected,
                 "arrived": arrived,
                 "duplicates": duplicates,
+                "recovery": recovery,
             }
         )
 

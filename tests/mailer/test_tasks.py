@@ -2,8 +2,9 @@ import re
 
 import pytest
 
-from mailer.models import Delivery
-from mailer.tasks import retry_countdown, send_welcome_email
+from mailer.attempts import retry_countdown
+from mailer.models import Delivery, RelayState
+from mailer.tasks import send_welcome_email
 from tests.factories import DeliveryFactory
 
 pytestmark = pytest.mark.django_db
@@ -58,7 +59,7 @@ def test_transient_failure_is_retried_then_sent(delivery, smtp, real_smtp, setti
     assert len(smtp.mails_to("ada@example.com")) == 1
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.SENT
-    assert delivery.attempts == 3
+    assert delivery.attempts == 3 and delivery.retries == 2
 
 
 def test_permanent_failure_marks_failed_with_reason_and_no_retry(
@@ -79,7 +80,7 @@ def test_permanent_failure_marks_failed_with_reason_and_no_retry(
 def test_exhausted_retries_mark_the_row_failed(delivery, smtp, real_smtp, settings):
     settings.MAILER_RETRY_BACKOFF = 0.01
     settings.MAILER_MAX_RETRIES = 2
-    smtp.script.replies["ada@example.com"] = ["421 4.7.0 Too busy"] * 10
+    smtp.script.replies["ada@example.com"] = ["451 4.7.0 Try later"] * 10
 
     result = send_welcome_email.apply(args=(delivery.pk,))
 
@@ -87,22 +88,65 @@ def test_exhausted_retries_mark_the_row_failed(delivery, smtp, real_smtp, settin
     assert smtp.attempts["ada@example.com"] == 3
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.FAILED
-    assert delivery.smtp_code == 421 and "Too busy" in delivery.last_error
+    assert delivery.smtp_code == 451 and "Try later" in delivery.last_error
     assert smtp.mails_to("ada@example.com") == []
 
 
-def test_unreachable_relay_is_transient_and_retried(delivery, settings, real_smtp):
-    settings.EMAIL_PORT = 1  # nothing listens there
-    settings.MAILER_RETRY_BACKOFF = 0.01
-    settings.MAILER_MAX_RETRIES = 1
+def test_retry_budget_survives_a_redispatch(delivery, smtp, real_smtp, settings):
+    settings.MAILER_MAX_RETRIES = 2
+    Delivery.objects.filter(pk=delivery.pk).update(retries=2)
+    smtp.script.replies["ada@example.com"] = ["451 4.7.1 Greylisted"]
 
     result = send_welcome_email.apply(args=(delivery.pk,))
 
     assert result.failed()
+    assert Delivery.objects.get(pk=delivery.pk).status == Delivery.Status.FAILED
+
+
+def test_unreachable_relay_parks_the_mail_without_spending_a_retry(
+    delivery, settings, real_smtp
+):
+    settings.EMAIL_PORT = 1  # nothing listens there
+
+    result = send_welcome_email.apply(args=(delivery.pk,))
+
+    assert result.get() == "parked"
     delivery.refresh_from_db()
-    assert delivery.status == Delivery.Status.FAILED
-    assert delivery.attempts == 2
+    assert delivery.status == Delivery.Status.PENDING
+    assert delivery.waiting_for_relay and delivery.retries == 0
     assert "refused" in delivery.last_error.lower()
+    assert RelayState.objects.get().down_since is not None
+
+
+def test_421_for_everyone_parks_and_the_next_mail_waits_without_a_connection(
+    smtp, real_smtp
+):
+    first = DeliveryFactory(user__email="a@example.com")
+    second = DeliveryFactory(user__email="b@example.com")
+    smtp.script.replies["a@example.com"] = ["421 4.3.2 Shutting down"]
+
+    outcomes = [send_welcome_email.apply(args=(d.pk,)).get() for d in (first, second)]
+
+    assert outcomes == ["parked", "parked"]
+    assert smtp.connections == 1  # the second mail did not try the relay
+    assert set(Delivery.objects.values_list("waiting_for_relay", "retries")) == {
+        (True, 0)
+    }
+
+
+def test_greylisting_one_recipient_keeps_its_backoff_and_others_send(
+    smtp, real_smtp, settings
+):
+    settings.MAILER_RETRY_BACKOFF = 0.01
+    greylisted = DeliveryFactory(user__email="grey@example.com")
+    other = DeliveryFactory(user__email="fine@example.com")
+    smtp.script.replies["grey@example.com"] = ["451 4.7.1 Greylisted, come back"]
+
+    assert send_welcome_email.apply(args=(greylisted.pk,)).get() == "sent"
+    assert send_welcome_email.apply(args=(other.pk,)).get() == "sent"
+    greylisted.refresh_from_db()
+    assert greylisted.retries == 1 and not greylisted.waiting_for_relay
+    assert not RelayState.objects.filter(down_since__isnull=False).exists()
 
 
 def test_backoff_grows_exponentially_up_to_the_cap(settings):

@@ -1,0 +1,159 @@
+"""One send attempt of one outbox row, and what became of it.
+
+`attempt_delivery` claims the row, sends the mail and records the result; it
+returns an outcome that the task maps to return, retry or raise. The retry
+or fail decision is made here: a relay-wide failure parks the mail without
+spending a retry; a failure of this mail alone (a 4xx for it) is retried
+with backoff until MAILER_MAX_RETRIES; anything else fails at once.
+"""
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+
+from mailer import relay, services
+from mailer.smtp import ClaimLost, classify_smtp_error
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sent:
+    name = "sent"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Another attempt owns or finished the row."""
+
+    name = "skipped"
+
+
+@dataclass(frozen=True)
+class Parked:
+    """Set aside until the relay answers again; no retry spent."""
+
+    code: int | None
+    reason: str
+    name = "parked"
+
+
+@dataclass(frozen=True)
+class RetryAfter:
+    countdown: float
+    code: int | None
+    error: Exception
+    # None: the row counts this mail's retries; a number: the task's own do.
+    max_retries: int | None = None
+    name = "retry"
+
+
+@dataclass(frozen=True)
+class Failed:
+    code: int | None
+    reason: str
+    error: Exception
+    name = "failed"
+
+
+Outcome = Sent | Skipped | Parked | RetryAfter | Failed
+
+
+def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome:
+    """Claim, send and record one delivery; `retries` are the task's own."""
+    try:
+        if relay.relay_is_down():
+            return _park(delivery_id, None, None, "relay down")
+        delivery = services.claim_delivery(delivery_id=delivery_id, task_id=task_id)
+    except DatabaseError as error:  # nothing claimed, nothing sent: soon again
+        countdown = database_countdown(retries)
+        return RetryAfter(countdown, None, error, settings.MAILER_MAX_RETRIES)
+    if delivery is None:
+        return Skipped()
+    try:
+        services.send_delivery(delivery)
+    except ClaimLost:
+        logger.warning("delivery %s: claim lost before DATA, not sent", delivery_id)
+        return Skipped()
+    except OSError as error:  # every smtplib error, timeouts, resets
+        return _after_failure(delivery, task_id, error)
+    _record_sent(delivery_id, task_id)
+    relay.note_delivered()
+    return Sent()
+
+
+def _after_failure(delivery, task_id: str, error: OSError) -> Outcome:
+    """Park, retry or fail a claimed row after SMTP said no."""
+    failure = classify_smtp_error(error)
+    if failure.relay_wide:
+        relay.note_down(failure.reason)
+        return _park(delivery.pk, task_id, failure.code, failure.reason)
+    if failure.transient and delivery.retries < settings.MAILER_MAX_RETRIES:
+        countdown = retry_countdown(delivery.retries)
+        services.mark_retrying(
+            delivery_id=delivery.pk,
+            task_id=task_id,
+            countdown=countdown,
+            code=failure.code,
+            reason=failure.reason,
+        )
+        return RetryAfter(countdown, failure.code, error)
+    services.mark_failed(
+        delivery_id=delivery.pk,
+        task_id=task_id,
+        code=failure.code,
+        reason=failure.reason,
+    )
+    return Failed(failure.code, failure.reason, error)
+
+
+def _park(delivery_id, task_id, code, reason) -> Parked | Skipped:
+    parked = services.park_for_relay(
+        delivery_id=delivery_id, task_id=task_id, code=code, reason=reason
+    )
+    return Parked(code, reason) if parked else Skipped()
+
+
+def _record_sent(delivery_id: int, task_id: str) -> None:
+    """Record an accepted mail, riding out a short database outage.
+
+    The relay already has the mail; giving up here leaves the row to the
+    rescue, which would send it again, so keep trying for a while.
+    """
+    deadline = time.monotonic() + settings.MAILER_STALE_AFTER / 2
+    while True:
+        try:
+            if not services.mark_sent(delivery_id=delivery_id, task_id=task_id):
+                logger.warning(
+                    "delivery %s: sent, but its claim had passed to another "
+                    "attempt (a possible duplicate)",
+                    delivery_id,
+                )
+            return
+        except DatabaseError:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning(
+                "Recording delivery %s as sent failed; retrying", delivery_id
+            )
+            if not connection.in_atomic_block:
+                connection.close_if_unusable_or_obsolete()  # reconnect next time
+            time.sleep(0.5)
+
+
+def retry_countdown(retries: int) -> float:
+    """Exponential backoff from MAILER_RETRY_BACKOFF, capped, with equal jitter."""
+    ceiling = min(
+        settings.MAILER_RETRY_BACKOFF_MAX, settings.MAILER_RETRY_BACKOFF * 2**retries
+    )
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def database_countdown(retries: int) -> float:
+    """Seconds, not the mail backoff: a database blip (a killed backend) is short."""
+    ceiling = min(settings.MAILER_LEASE, 2.0**retries)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)

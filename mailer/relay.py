@@ -1,0 +1,143 @@
+"""The relay's health, shared by every worker: down, probed, back.
+
+A relay-wide failure (connection refused or dropped, a timeout, a 421) is
+not any one mail's fault. The first one marks the relay down in the
+`RelayState` row; from then on, sends are parked without a connection and
+without spending their retries, and one worker at a time probes the relay
+(connect, EHLO, NOOP). The first sign that it is back, a probe or a mail
+accepted, releases every parked mail at once.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import F
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from mailer import services
+from mailer.models import RelayState
+from mailer.smtp import probe_relay
+
+logger = logging.getLogger(__name__)
+
+STATE_ID = 1
+
+
+class _Belief:
+    """What this process last saw of the relay; the row is the truth.
+
+    One object shared by the worker's threads: plain flags, set and read whole.
+    """
+
+    down = False
+    delivered = False  # a mail went out since the lifeline last looked
+
+
+_belief = _Belief()
+
+
+def relay_is_down() -> bool:
+    """Whether sends should be parked; asks the database only while down."""
+    if not _belief.down:
+        return False
+    return refresh() is not None
+
+
+def refresh() -> RelayState | None:
+    """Read the shared state into this process; the row if the relay is down."""
+    state = RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).first()
+    _belief.down = state is not None
+    return state
+
+
+def forget_belief() -> None:
+    """Drop what this process believed of the relay (tests; a new process)."""
+    _belief.down = False
+    _belief.delivered = False
+
+
+def note_down(reason: str) -> None:
+    """Mark the relay down after a relay-wide failure; log it once, globally."""
+    _belief.down = True
+    RelayState.objects.get_or_create(pk=STATE_ID)
+    taken = RelayState.objects.filter(pk=STATE_ID, down_since__isnull=True).update(
+        down_since=Now(),
+        reason=reason[:500],
+        probe_due_at=Now(),
+        outages=F("outages") + 1,
+    )
+    if taken:
+        logger.warning(
+            "relay down: %s; parking mails until a probe or a send succeeds", reason
+        )
+
+
+def note_delivered() -> None:
+    """Count a mail the relay accepted: a sign that it is up."""
+    _belief.delivered = True
+    if _belief.down:
+        note_up(sign="a mail was accepted")
+
+
+def note_up(*, sign: str) -> int:
+    """Clear the down mark and release the parked mails; return how many.
+
+    Whoever clears the mark logs the outage's end; every caller releases,
+    which is harmless when there is nothing parked.
+    """
+    _belief.down = False
+    state = RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).first()
+    cleared = state is not None and bool(
+        RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).update(
+            down_since=None, reason="", probe_due_at=None
+        )
+    )
+    released = services.release_parked()
+    if cleared:
+        lasted = (timezone.now() - state.down_since).total_seconds()
+        logger.warning(
+            "relay back after %.1f s (%s): %d parked mails released",
+            lasted,
+            sign,
+            released,
+        )
+    if released:
+        services.sweep_stale_deliveries()
+    return released
+
+
+def forget_outages() -> None:
+    """After mails went out again, probe a future outage at the base interval."""
+    if _belief.delivered:
+        _belief.delivered = False
+        RelayState.objects.filter(pk=STATE_ID, outages__gt=0).update(outages=0)
+
+
+def take_probe(state: RelayState) -> bool:
+    """Claim the next probe for this process, if one is due; at most one at a time.
+
+    The interval doubles with each outage since mails last went out (a relay
+    that accepts EHLO and then drops every mail), up to the maximum.
+    """
+    interval = min(
+        settings.MAILER_RELAY_PROBE_INTERVAL * 2 ** max(state.outages - 1, 0),
+        settings.MAILER_RELAY_PROBE_INTERVAL_MAX,
+    )
+    return bool(
+        RelayState.objects.filter(
+            pk=STATE_ID, down_since__isnull=False, probe_due_at__lte=Now()
+        ).update(probe_due_at=Now() + timedelta(seconds=interval))
+    )
+
+
+def probe() -> bool:
+    """Probe the relay; when it answers, mark it up and release the parked mails."""
+    try:
+        probe_relay()
+    except OSError as error:  # every smtplib error, refused, timed out
+        logger.info("relay probe failed: %s", error or type(error).__name__)
+        return False
+    note_up(sign="probe answered")
+    return True
