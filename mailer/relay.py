@@ -16,7 +16,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from mailer import services
+from mailer import leases, sweeper
 from mailer.models import RelayState
 from mailer.smtp import probe_relay
 
@@ -94,7 +94,7 @@ def note_up(*, sign: str) -> int:
             down_since=None, reason="", probe_due_at=None
         )
     )
-    released = services.release_parked()
+    released = leases.release_parked()
     if cleared:
         lasted = (timezone.now() - state.down_since).total_seconds()
         logger.warning(
@@ -104,7 +104,7 @@ def note_up(*, sign: str) -> int:
             released,
         )
     if released:
-        services.sweep_stale_deliveries()
+        sweeper.sweep_stale_deliveries()
     return released
 
 

@@ -9,7 +9,8 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from mailer.services import check_broker, oldest_undelivered_age
+from mailer.dispatch import check_broker
+from mailer.selectors import oldest_undelivered_age
 
 logger = logging.getLogger(__name__)
 

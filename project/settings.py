@@ -279,7 +279,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_RESULT_BACKEND = (
-    "mailer.results:DatabaseBackend"  # django-db, one upsert per state
+    "mailer.result_backend:DatabaseBackend"  # django-db, one upsert per state
 )
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=7 * 86400)
