@@ -75,7 +75,8 @@ class SoakDatabase:
 
         maintenance = _with_database(self.server_url, "postgres")
         with psycopg.connect(maintenance, autocommit=True, connect_timeout=5) as conn:
-            return conn.execute(sql, params or None).fetchone()
+            cursor = conn.execute(sql, params or None)
+            return cursor.fetchone() if cursor.description else None
 
 
 def timestamp(value) -> float | None:

@@ -124,7 +124,7 @@ def plan_faults(
         low, high = HOLD[kind]
         hold = round(rng.uniform(low, high), 1)
         slot = rng.randrange(WORKER_SLOTS) if kind in WORKER_KINDS else None
-        hold = min(hold, seconds - TAIL - at)
+        hold = round(min(hold, seconds - TAIL - at), 1)
         if hold < low:
             return plan
         plan.append(PlannedFault(len(plan) + 1, kind, round(at, 1), hold, slot))

@@ -41,6 +41,7 @@ class RegistrationLoad:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._schedule, daemon=True)
         self.max_lateness = 0.0
+        self.scheduled = 0  # due so far; those not sent when stopped are dropped
 
     def start(self) -> "RegistrationLoad":
         self.thread.start()
@@ -66,15 +67,17 @@ class RegistrationLoad:
             wait = due - time.monotonic()
             if wait > 0 and self.stopping.wait(wait):
                 return
-            self.max_lateness = max(self.max_lateness, -wait)
             email = f"{self.prefix}-{number:06d}@soak.example.com"
-            self.pool.submit(self._register, email)
+            self.pool.submit(self._register, email, due)
             number += 1
+            self.scheduled = number
 
-    def _register(self, email: str) -> None:
+    def _register(self, email: str, due: float) -> None:
         registration = Registration(email=email, sent_at=time.monotonic())
         with self.lock:
             self.registrations.append(registration)
+            # Late when every client waits on a slow answer: the backlog.
+            self.max_lateness = max(self.max_lateness, registration.sent_at - due)
         body = json.dumps({"email": email, "password": PASSWORD})
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:

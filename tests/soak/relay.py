@@ -89,6 +89,8 @@ class RelayHandler:
                     Accepted(message_id, recipient.lower(), at, wall, pid)
                 )
             self.counts["accepted"] += 1
+            if pid is None:
+                self.counts["accepted, sender pid unknown"] += 1
         return "250 Message accepted for delivery"
 
     def _count(self, what: str) -> None:

@@ -26,9 +26,11 @@ class RunFacts:
     load_seconds: float
     drained_after: float | None  # seconds after the load stopped; None: timed out
     max_lateness: float
+    scheduled: int  # registrations due while the load ran
     relay_counts: dict[str, int]
     injector_errors: list[str]
     load_start_wall: float
+    sent: int
 
 
 def render(facts: RunFacts, verdict: Verdict, faults: list[AppliedFault]) -> str:
@@ -119,11 +121,7 @@ def _run_table(facts: RunFacts) -> list[str]:
         ("database", facts.database),
         ("redis", facts.redis),
         ("SOAK_MINUTES", f"{config.minutes:g} ({facts.load_seconds:.0f} s of load)"),
-        (
-            "load",
-            f"{config.rate:g} registrations/s, open loop; latest send "
-            f"{facts.max_lateness:.2f} s behind schedule",
-        ),
+        ("load", _load(facts)),
         ("drain", drained),
         ("settle", f"{config.settle:g} s after draining, for late copies"),
         ("settings set by the soak", _settings(facts.settings)),
@@ -133,6 +131,15 @@ def _run_table(facts: RunFacts) -> list[str]:
     if facts.injector_errors:
         rows.append(("injector errors", "; ".join(facts.injector_errors)))
     return _table(["", ""], rows)
+
+
+def _load(facts: RunFacts) -> str:
+    return (
+        f"{facts.config.rate:g} registrations/s due, open loop, at most 64 in "
+        f"flight: {facts.sent} of {facts.scheduled} due were sent "
+        f"({facts.sent / facts.load_seconds:.1f}/s); the latest left "
+        f"{facts.max_lateness:.1f} s behind schedule"
+    )
 
 
 def _fault_table(faults: list[AppliedFault], facts: RunFacts) -> list[str]:

@@ -119,9 +119,11 @@ def _run(config: SoakConfig, stack: SoakStack, database: SoakDatabase) -> SoakOu
         load_seconds=load_seconds,
         drained_after=drained_after,
         max_lateness=load.max_lateness,
+        scheduled=load.scheduled,
         relay_counts=stack.relay.counts(),
         injector_errors=injector.errors,
         load_start_wall=load_start_wall,
+        sent=len(registrations),
     )
     return SoakOutcome(verdict, render(facts, verdict, injector.applied), None)
 
