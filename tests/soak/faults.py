@@ -64,6 +64,8 @@ HOLD = {
 }
 GAP = (4.0, 25.0)  # seconds between one fault's start and the next's
 TAIL = 5.0  # every fault ends this long before the load stops
+# Seconds a part gets between two faults, e.g. for a replacement worker to boot.
+SETTLE_BEFORE_NEXT = 5.0
 DRAIN_GRACE = 60.0  # seconds a SIGTERMed worker may take to finish its tasks
 
 
@@ -118,17 +120,34 @@ def plan_faults(
     """Draw the run's faults from the seed: kinds, offsets, holds, targets."""
     rng = random.Random(seed)
     plan: list[PlannedFault] = []
+    free_at: dict[str, float] = {}  # when each part is no longer broken
     at = warmup
     while True:
         kind = rng.choice(kinds)
         low, high = HOLD[kind]
         hold = round(rng.uniform(low, high), 1)
         slot = rng.randrange(WORKER_SLOTS) if kind in WORKER_KINDS else None
-        hold = round(min(hold, seconds - TAIL - at), 1)
-        if hold < low:
-            return plan
-        plan.append(PlannedFault(len(plan) + 1, kind, round(at, 1), hold, slot))
+        part = part_of(kind, slot)
+        # A part already broken is broken again once it is back, not twice.
+        start = max(at, free_at.get(part, 0.0))
+        hold = round(min(hold, seconds - TAIL - start), 1)
+        if hold >= low:
+            plan.append(PlannedFault(len(plan) + 1, kind, round(start, 1), hold, slot))
+            free_at[part] = start + hold + SETTLE_BEFORE_NEXT
         at += rng.uniform(*GAP)
+        if at + TAIL >= seconds:
+            return plan
+
+
+def part_of(kind: FaultKind, slot: int | None) -> str:
+    """What a fault breaks: faults on one part run one after another."""
+    if kind in WORKER_KINDS:
+        return f"worker{slot}"
+    if kind in RELAY_MODES:
+        return "relay"
+    if kind is FaultKind.POSTGRES_KILL:
+        return "postgres"
+    return "redis"
 
 
 class FaultInjector:
@@ -189,14 +208,7 @@ class FaultInjector:
         self.say(_describe(fault, self.origin))
 
     def _lock_for(self, planned: PlannedFault) -> threading.Lock:
-        if planned.kind in WORKER_KINDS:
-            part = f"worker{planned.slot}"
-        elif planned.kind in RELAY_MODES:
-            part = "relay"
-        elif planned.kind is FaultKind.POSTGRES_KILL:
-            part = "postgres"
-        else:
-            part = "redis"
+        part = part_of(planned.kind, planned.slot)
         return self.locks.setdefault(part, threading.Lock())
 
     def _begin(self, fault: AppliedFault, target: str) -> None:

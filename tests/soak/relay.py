@@ -54,13 +54,6 @@ class RelayHandler:
         self.accepted: list[Accepted] = []
         self.counts: Counter[str] = Counter()
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        session.sender_pid = socket_owner(
-            session.peer[1], self.port, self.sender_pids()
-        )
-        return responses
-
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         while self.mode is RelayMode.STALL_SLOW:
             await asyncio.sleep(0.2)
@@ -81,7 +74,13 @@ class RelayHandler:
             return "451 4.3.0 Connection dropped"  # never reaches the client
         headers = BytesHeaderParser().parsebytes(envelope.original_content)
         message_id = (headers["Message-ID"] or "").strip()
-        pid = getattr(session, "sender_pid", None)
+        if not hasattr(session, "sender_pid"):
+            # Once per session, while the client's socket is surely open;
+            # a worker reuses one session for many mails.
+            session.sender_pid = socket_owner(
+                session.peer[1], self.port, self.sender_pids()
+            )
+        pid = session.sender_pid
         at, wall = time.monotonic(), time.time()
         with self.lock:
             for recipient in envelope.rcpt_tos:

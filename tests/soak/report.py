@@ -107,6 +107,15 @@ def _summary(facts: RunFacts, verdict: Verdict) -> list[str]:
     return lines
 
 
+PROCESSES = (
+    "gunicorn project.wsgi --workers 2; two `celery worker --pool threads "
+    "--concurrency 16 --prefetch-multiplier 2` (the Procfile's, plus "
+    "tests.support's --without-mingle --without-gossip), each leading its own "
+    "process group; celery beat; redis-server --appendonly yes; the relay "
+    "(aiosmtpd) in the soak process"
+)
+
+
 def _run_table(facts: RunFacts) -> list[str]:
     config = facts.config
     drained = (
@@ -118,6 +127,7 @@ def _run_table(facts: RunFacts) -> list[str]:
         ("started", _utc(facts.started_wall)),
         ("commit", _commit()),
         ("machine", _machine()),
+        ("processes", PROCESSES),
         ("database", facts.database),
         ("redis", facts.redis),
         ("SOAK_MINUTES", f"{config.minutes:g} ({facts.load_seconds:.0f} s of load)"),
