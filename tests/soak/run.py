@@ -1,6 +1,8 @@
 """One soak run: start the stack, load it, break it, drain, check, report."""
 
 import atexit
+import dataclasses
+import json
 import shutil
 import subprocess
 import sys
@@ -103,10 +105,13 @@ def _run(config: SoakConfig, stack: SoakStack, database: SoakDatabase) -> SoakOu
     say(f"settling {config.settle:g} s for late copies")
     time.sleep(config.settle)
     stack.stop()  # nothing writes any more: the checker reads a still picture
+    rows = _welcome_rows(database, origin, load_start_wall)
+    accepted = stack.relay.accepted()
+    _save_records(stack.directory / "records.json", registrations, accepted, injector)
     verdict = check(
         registrations=registrations,
-        rows=_welcome_rows(database, origin, load_start_wall),
-        accepted=stack.relay.accepted(),
+        rows=rows,
+        accepted=accepted,
         faults=injector.applied,
     )
     facts = RunFacts(
@@ -191,6 +196,16 @@ def _welcome_rows(
             WelcomeRow(email, message_id, status, attempts, created_at, error or "")
         )
     return rows
+
+
+def _save_records(path: Path, registrations, accepted, injector) -> None:
+    """Keep the checker's inputs next to the logs, for a look after the run."""
+    records = {
+        "registrations": [dataclasses.asdict(r) for r in registrations],
+        "accepted": [dataclasses.asdict(a) for a in accepted],
+        "faults": [dataclasses.asdict(f) for f in injector.applied],
+    }
+    path.write_text(json.dumps(records))
 
 
 def _redis_version() -> str:
