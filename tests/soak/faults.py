@@ -6,6 +6,7 @@ thread and holds a lock on what it breaks (a worker slot, Redis, the relay,
 PostgreSQL): faults on different parts overlap, faults on one part queue.
 """
 
+import dataclasses
 import random
 import signal
 import threading
@@ -136,7 +137,9 @@ def plan_faults(
             free_at[part] = start + hold + SETTLE_BEFORE_NEXT
         at += rng.uniform(*GAP)
         if at + TAIL >= seconds:
-            return plan
+            break
+    in_order = sorted(plan, key=lambda fault: fault.at)
+    return [dataclasses.replace(f, number=n) for n, f in enumerate(in_order, 1)]
 
 
 def part_of(kind: FaultKind, slot: int | None) -> str:
@@ -302,6 +305,110 @@ class FaultInjector:
                 break
         fault.notes.append(f"{killed} backends terminated in {rounds} rounds")
         self._end(fault)
+
+
+@dataclass
+class UnexpectedExit:
+    """A process that exited when no fault asked it to."""
+
+    name: str
+    pid: int
+    returncode: int | None
+    noticed: float  # time.monotonic()
+    noticed_wall: float
+    reason: str  # the log's last "Unrecoverable error" or last line
+    restarted: str = ""
+
+
+class Supervisor:
+    """Restart a worker or beat that exited on its own, as systemd or compose would.
+
+    Honcho would stop the whole stack instead; a deploy's supervisor
+    restarts the one process. Each exit is recorded for the report. A
+    worker slot a fault is working on (its lock held) is left to the fault.
+    """
+
+    def __init__(self, stack: SoakStack, locks: dict[str, threading.Lock], say):
+        self.stack = stack
+        self.locks = locks
+        self.say = say
+        self.exits: list[UnexpectedExit] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> "Supervisor":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(200)
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(1.0):
+            try:
+                self._check_once()
+            except Exception as error:  # noqa: BLE001 - keep watching, say why
+                self.say(f"supervisor: a restart failed: {error!r}")
+                if self.exits:
+                    self.exits[-1].restarted = f"restart failed: {error!r}"
+
+    def _check_once(self) -> None:
+        for slot in range(WORKER_SLOTS):
+            lock = self.locks.setdefault(
+                part_of(FaultKind.WORKER_KILL, slot), threading.Lock()
+            )
+            if lock.acquire(blocking=False):
+                try:
+                    self._restart_worker_if_gone(slot)
+                finally:
+                    lock.release()
+        self._restart_beat_if_gone()
+
+    def _restart_worker_if_gone(self, slot: int) -> None:
+        worker = self.stack.worker(slot)
+        if worker is None or worker.process is None or worker.process.poll() is None:
+            return
+        event = self._record(worker)
+        worker.process = None
+        new = self.stack.start_worker(slot)
+        waited = time.monotonic() - event.noticed
+        event.restarted = f"{new.name} pid {new.process.pid} ready after {waited:.1f} s"
+
+    def _restart_beat_if_gone(self) -> None:
+        beat = self.stack.beat
+        if beat is None or beat.process is None or beat.process.poll() is None:
+            return
+        event = self._record(beat)
+        beat.process = None
+        beat.start(timeout=180)
+        waited = time.monotonic() - event.noticed
+        event.restarted = f"pid {beat.process.pid} ready after {waited:.1f} s"
+
+    def _record(self, process) -> UnexpectedExit:
+        event = UnexpectedExit(
+            name=process.name,
+            pid=process.process.pid,
+            returncode=process.process.returncode,
+            noticed=time.monotonic(),
+            noticed_wall=time.time(),
+            reason=exit_reason(process.log()),
+        )
+        self.exits.append(event)
+        self.say(
+            f"{event.name} pid {event.pid} exited on its own "
+            f"(code {event.returncode}): {event.reason}"
+        )
+        return event
+
+
+def exit_reason(log: str) -> str:
+    """The line of a log that says why the process ended, else its last line."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Unrecoverable error" in line or "CRITICAL" in line:
+            return line.strip()[:300]
+    return lines[-1].strip()[:300] if lines else "(empty log)"
 
 
 APPLY: dict[FaultKind, Callable[[FaultInjector, AppliedFault], None]] = {

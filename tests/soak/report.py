@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.soak.checker import Verdict, by_kind
 from tests.soak.config import SoakConfig
-from tests.soak.faults import AppliedFault
+from tests.soak.faults import AppliedFault, UnexpectedExit
 from tests.support import ROOT
 
 
@@ -29,6 +29,7 @@ class RunFacts:
     scheduled: int  # registrations due while the load ran
     relay_counts: dict[str, int]
     injector_errors: list[str]
+    exits: list[UnexpectedExit]  # processes that exited when no fault asked
     load_start_wall: float
     sent: int
 
@@ -53,6 +54,10 @@ def render(facts: RunFacts, verdict: Verdict, faults: list[AppliedFault]) -> str
         "## Faults applied",
         "",
         *_fault_table(faults, facts),
+        "",
+        "## Processes that exited on their own",
+        "",
+        *_exits(facts),
         "",
         "## Checker",
         "",
@@ -102,7 +107,8 @@ def _summary(facts: RunFacts, verdict: Verdict) -> list[str]:
         f"{verdict.delivered} got their welcome mail, {len(verdict.missing)} "
         f"missing, {len(verdict.duplicates)} duplicated "
         f"({len(outside)} outside the documented window), "
-        f"{len(verdict.unexpected)} unexpected mails.",
+        f"{len(verdict.unexpected)} unexpected mails; "
+        f"{len(facts.exits)} process(es) exited on their own.",
         "",
         f"Seed **{facts.config.seed}** (replay: `SOAK_SEED={facts.config.seed} "
         f"SOAK_MINUTES={facts.config.minutes:g} make soak`).",
@@ -194,6 +200,29 @@ def _fault_table(faults: list[AppliedFault], facts: RunFacts) -> list[str]:
         ["#", "kind", "target", "start s (UTC)", "end s (UTC)", "lasted s", "notes"],
         rows,
     )
+
+
+def _exits(facts: RunFacts) -> list[str]:
+    if not facts.exits:
+        return ["None: every exit was a fault's."]
+    rows = [
+        (
+            event.name,
+            str(event.pid),
+            f"+{event.noticed - facts.origin:.1f} ({_clock(event.noticed_wall)})",
+            str(event.returncode),
+            event.reason,
+            event.restarted or "not restarted",
+        )
+        for event in facts.exits
+    ]
+    return [
+        "Restarted by the soak's supervisor, as systemd or compose would.",
+        "",
+        *_table(
+            ["process", "pid", "noticed", "exit code", "why (its log)", "restart"], rows
+        ),
+    ]
 
 
 def _checker_table(facts: RunFacts, verdict: Verdict) -> list[str]:

@@ -14,7 +14,12 @@ from pathlib import Path
 from tests.soak.checker import Verdict, WelcomeRow, check
 from tests.soak.config import SoakConfig
 from tests.soak.database import SoakDatabase, timestamp
-from tests.soak.faults import FaultInjector, available_kinds, plan_faults
+from tests.soak.faults import (
+    FaultInjector,
+    Supervisor,
+    available_kinds,
+    plan_faults,
+)
 from tests.soak.load import RegistrationLoad
 from tests.soak.report import RunFacts, render
 from tests.soak.stack import SoakStack
@@ -96,6 +101,7 @@ def _run(config: SoakConfig, stack: SoakStack, database: SoakDatabase) -> SoakOu
     origin, load_start_wall = time.monotonic(), time.time()
     load.start()
     injector = FaultInjector(stack, plan, origin=origin, say=say).start()
+    supervisor = Supervisor(stack, injector.locks, say).start()
     _wait_for_load(config, stack, load, injector, origin)
     registrations = load.stop()
     load_seconds = time.monotonic() - origin
@@ -104,10 +110,13 @@ def _run(config: SoakConfig, stack: SoakStack, database: SoakDatabase) -> SoakOu
     drained_after = _drain(config, stack, database)
     say(f"settling {config.settle:g} s for late copies")
     time.sleep(config.settle)
+    supervisor.stop()
     stack.stop()  # nothing writes any more: the checker reads a still picture
     rows = _welcome_rows(database, origin, load_start_wall)
     accepted = stack.relay.accepted()
-    _save_records(stack.directory / "records.json", registrations, accepted, injector)
+    _save_records(
+        stack.directory / "records.json", registrations, accepted, injector, supervisor
+    )
     verdict = check(
         registrations=registrations,
         rows=rows,
@@ -127,6 +136,7 @@ def _run(config: SoakConfig, stack: SoakStack, database: SoakDatabase) -> SoakOu
         scheduled=load.scheduled,
         relay_counts=stack.relay.counts(),
         injector_errors=injector.errors,
+        exits=supervisor.exits,
         load_start_wall=load_start_wall,
         sent=len(registrations),
     )
@@ -198,9 +208,10 @@ def _welcome_rows(
     return rows
 
 
-def _save_records(path: Path, registrations, accepted, injector) -> None:
+def _save_records(path: Path, registrations, accepted, injector, supervisor) -> None:
     """Keep the checker's inputs next to the logs, for a look after the run."""
     records = {
+        "exits": [dataclasses.asdict(e) for e in supervisor.exits],
         "registrations": [dataclasses.asdict(r) for r in registrations],
         "accepted": [dataclasses.asdict(a) for a in accepted],
         "faults": [dataclasses.asdict(f) for f in injector.applied],
