@@ -68,7 +68,10 @@ def run_soak(config: SoakConfig) -> SoakOutcome:
         database.create()
         outcome = _run(config, stack, database)
         keep = keep or not outcome.verdict.ok
-        outcome.log_dir = directory if keep else None
+        if keep:
+            # With the logs, where a pruned pytest tmp_path cannot lose it.
+            (directory / "SOAK.md").write_text(outcome.report)
+            outcome.log_dir = directory
         return outcome
     except BaseException:
         keep = True

@@ -55,7 +55,7 @@ def test_short_soak_loses_no_mail_and_duplicates_only_in_the_window(tmp_path):
     config.report_path.write_text(outcome.report)
 
     verdict = outcome.verdict
-    report = f"report: {config.report_path}"
+    report = f"report: {config.report_path}, logs and report kept in {outcome.log_dir}"
     assert verdict.registered > 500, report
     assert [m.email for m in verdict.missing] == [], report
     assert [d.message_id for d in verdict.duplicates if not d.in_window] == [], report
