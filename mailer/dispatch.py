@@ -5,6 +5,7 @@ import the tasks, so the tasks may import everything else.
 """
 
 import logging
+import time
 import uuid
 from typing import NamedTuple
 
@@ -19,6 +20,8 @@ WELCOME_TASK = "mailer.tasks.send_welcome_email"
 ACCOUNT_MAIL_TASK = "mailer.tasks.send_account_mail"
 PUBLISH_BATCH_SIZE = 1000
 BROKER_CHECK_TIMEOUT = 2.0  # seconds
+BROKER_BACKOFF = 2.0  # seconds without publishing from this process after a failure
+_broker_failed_at = -BROKER_BACKOFF  # time.monotonic() of the last failed publish
 
 
 class PublishJob(NamedTuple):
@@ -48,17 +51,32 @@ def dispatch_after_commit(
 ) -> None:
     """Publish a committed row's task; on a broker error log it and move on.
 
-    The row stays pending and the sweeper dispatches it later, so a broker
-    outage never turns a committed registration into an error. (Django 5.2's
-    `robust=True` would log `func.__qualname__`, which a partial lacks.)
+    The row stays pending, marked due, and a worker's lifeline publishes it
+    once the broker answers, so a broker outage never turns a committed
+    registration into an error. For BROKER_BACKOFF seconds after a failure
+    this process does not try the broker at all: each try costs the request
+    up to a second while Redis is down. (Django 5.2's `robust=True` would
+    log `func.__qualname__`, which a partial lacks.)
     """
+    global _broker_failed_at
+    if time.monotonic() - _broker_failed_at < BROKER_BACKOFF:
+        logger.warning("Dispatch of delivery %s deferred: broker down", delivery_id)
+        _make_due(delivery_id)
+        return
     try:
         dispatch_delivery(delivery_id, task_id, kind=kind)
     except Exception:  # noqa: BLE001 - the row and the sweeper cover any failure
+        _broker_failed_at = time.monotonic()
         logger.exception(
             "Dispatch of delivery %s failed; left pending for the sweeper", delivery_id
         )
         _make_due(delivery_id)
+
+
+def forget_broker_failure() -> None:
+    """Try the broker on the next dispatch (tests; a new process)."""
+    global _broker_failed_at
+    _broker_failed_at = -BROKER_BACKOFF
 
 
 def _make_due(delivery_id: int) -> None:

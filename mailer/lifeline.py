@@ -138,6 +138,11 @@ class Lifeline(threading.Thread):
         state = relay.refresh()
         if state is None:
             relay.forget_outages()
+            stray = leases.release_parked()  # parked by a send racing the release
+            if stray:
+                logger.warning(
+                    "lifeline released %d mails parked after the relay came back", stray
+                )
             return
         probing = self.prober is not None and self.prober.is_alive()
         if not probing and relay.take_probe(state):

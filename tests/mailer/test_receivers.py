@@ -3,6 +3,7 @@ from unittest import mock
 import pytest
 from django.core import management
 from django.db import transaction
+from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from mailer.models import Delivery
@@ -106,3 +107,19 @@ def test_a_repeated_registration_publishes_the_notice_under_its_own_task(
     published.assert_called_once_with(
         "mailer.tasks.send_account_mail", args=(notice.pk,), task_id=notice.task_id
     )
+
+
+def test_after_a_broker_error_the_next_registrations_skip_the_broker_and_stay_due(
+    django_capture_on_commit_callbacks,
+):
+    refused = OperationalError("Error 111 connecting to 127.0.0.1:6379.")
+    with mock.patch("celery_app.app.send_task", side_effect=refused) as send_task:
+        with django_capture_on_commit_callbacks(execute=True):
+            register_user(email="first@example.com", password=PASSWORD)
+        with django_capture_on_commit_callbacks(execute=True):
+            second = register_user(email="second@example.com", password=PASSWORD)
+
+    assert send_task.call_count == 1  # the second answered without waiting
+    row = Delivery.objects.get(user=second)
+    assert row.status == Delivery.Status.PENDING
+    assert row.lease_expires_at <= timezone.now()  # due: the lifeline publishes it
