@@ -9,7 +9,7 @@ from celery.signals import worker_process_shutdown, worker_shutdown
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from mailer import services
+from mailer import metrics, services
 from mailer.smtp import ReusedConnection, classify_smtp_error
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def send_welcome_email(self: Task, delivery_id: int) -> str:
     except DatabaseError as error:  # nothing claimed, nothing sent: try later
         retries = self.request.retries
         _log(delivery_id, task_id, retries, "database-retry", None, 0.0)
+        metrics.record_database_retry()
         raise self.retry(
             exc=error,
             countdown=retry_countdown(retries),
@@ -40,6 +41,7 @@ def send_welcome_email(self: Task, delivery_id: int) -> str:
         ) from error
     if delivery is None:
         _log(delivery_id, task_id, self.request.retries, "skipped", None, 0.0)
+        metrics.record_attempt(kind="unknown", outcome="skipped")
         return "skipped"
     started = time.monotonic()
     try:
@@ -58,6 +60,12 @@ def send_welcome_email(self: Task, delivery_id: int) -> str:
                 reason=failure.reason,
             )
             _log(delivery_id, task_id, retries, "retry", failure.code, elapsed)
+            metrics.record_attempt(
+                kind=delivery.kind,
+                outcome="retry",
+                smtp_class=metrics.smtp_class_of(error, failure.code),
+                duration=elapsed,
+            )
             raise self.retry(
                 exc=error, countdown=countdown, max_retries=None
             ) from error
@@ -68,8 +76,21 @@ def send_welcome_email(self: Task, delivery_id: int) -> str:
             reason=failure.reason,
         )
         _log(delivery_id, task_id, retries, "failed", failure.code, elapsed)
+        metrics.record_attempt(
+            kind=delivery.kind,
+            outcome="failed",
+            smtp_class=metrics.smtp_class_of(error, failure.code),
+            duration=elapsed,
+        )
         raise
     _record_sent(delivery_id, task_id)
+    metrics.record_attempt(
+        kind=delivery.kind,
+        outcome="sent",
+        smtp_class="2xx",
+        duration=time.monotonic() - started,
+        latency=metrics.seconds_since_commit(delivery),
+    )
     _log(
         delivery_id,
         task_id,
@@ -128,6 +149,11 @@ def _log(delivery_id, task_id, retries, outcome, code, elapsed) -> None:
 def sweep_stale_deliveries() -> dict[str, int]:
     """Re-dispatch outbox rows left pending or sending past their lease (beat)."""
     report = services.sweep_stale_deliveries()
+    metrics.record_sweep(
+        reclaimed=report.reclaimed,
+        redispatched=len(report.redispatched),
+        not_published=len(report.not_published),
+    )
     level = (
         logging.WARNING if report.redispatched or report.not_published else logging.INFO
     )

@@ -10,6 +10,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from users import ratelimit
 from users.forms import ActivationResendForm, RegistrationForm
+from users.metrics import counts_registrations
 from users.ratelimit import RateLimited
 from users.services import (
     EmailAlreadyRegistered,
@@ -33,6 +34,7 @@ RESEND_ACCEPTED = {
 }
 
 
+@counts_registrations("form")
 @require_http_methods(["GET", "POST"])
 def register(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
@@ -54,6 +56,7 @@ def register_done(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt  # a JSON API for clients without a session; nothing to forge
+@counts_registrations("api")
 @require_POST
 def api_register(request: HttpRequest) -> JsonResponse:
     form, problem = _limited_json_form(request, RegistrationForm, scope="register")
