@@ -9,7 +9,6 @@ itself, so no address, token or id can become a label.
 
 import logging
 import smtplib
-import socket
 from datetime import datetime
 
 from celery.signals import worker_process_shutdown, worker_shutdown
@@ -150,7 +149,7 @@ def smtp_class_of(error: BaseException | None, code: int | None = None) -> str:
         return "2xx"
     if code is not None and 200 <= code < 600:
         return f"{code // 100}xx"
-    if isinstance(error, TimeoutError | socket.timeout):
+    if isinstance(error, TimeoutError):
         return "timeout"
     if isinstance(error, smtplib.SMTPResponseException) and error.smtp_code >= 200:
         return f"{error.smtp_code // 100}xx"

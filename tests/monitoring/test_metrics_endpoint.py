@@ -13,7 +13,9 @@ from tests.factories import DeliveryFactory
 from tests.monitoring.scrape import basic_auth, value
 from tests.support import SilentSmtpServer, free_port, run_manage
 
-pytestmark = pytest.mark.django_db(transaction=True)  # the scrape reads on its own thread
+pytestmark = pytest.mark.django_db(
+    transaction=True
+)  # the scrape reads on its own thread
 
 LOGIN = "prometheus:s3cret-scrape"
 
@@ -49,9 +51,7 @@ def test_metrics_answer_401_without_the_right_login(client, header):
     assert b"mailer_" not in response.content
 
 
-def test_metrics_refuse_everyone_outside_debug_when_no_login_is_set(
-    client, settings
-):
+def test_metrics_refuse_everyone_outside_debug_when_no_login_is_set(client, settings):
     settings.METRICS_BASIC_AUTH = ""
     settings.DEBUG = False
 
@@ -71,7 +71,9 @@ def test_metrics_answer_in_prometheus_text_format_and_are_never_cached(client):
 
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
     assert response["Cache-Control"].startswith("max-age=0")
-    assert client.post("/metrics", HTTP_AUTHORIZATION=basic_auth(LOGIN)).status_code == 405
+    assert (
+        client.post("/metrics", HTTP_AUTHORIZATION=basic_auth(LOGIN)).status_code == 405
+    )
 
 
 def test_outbox_rows_are_counted_by_status_and_kind_with_zeros(client):
