@@ -85,11 +85,28 @@ def _scrape_registry() -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     directory = multiproc_dir()
     if directory:
-        MultiProcessCollector(registry, path=directory)
+        registry.register(_OwnMetrics(MultiProcessCollector(None, path=directory)))
     else:
         registry.register(_ThisProcess())
     registry.register(OutboxCollector())
     return registry
+
+
+# Other programs of the host may share the directory (Flower under `make run`
+# writes its own metrics there, which Prometheus scrapes from Flower).
+OWN_PREFIXES = ("mailer_", "users_")
+
+
+class _OwnMetrics(Collector):
+    """The service's own families from another collector, nothing else."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def collect(self) -> Iterator:
+        for family in self.collector.collect():
+            if family.name.startswith(OWN_PREFIXES):
+                yield family
 
 
 class _ThisProcess(Collector):

@@ -33,6 +33,9 @@ def record(directory, *, sent: int, refused: int, relay_up: bool, exits: bool) -
         "    metrics.record_attempt(kind='welcome', outcome='failed',"
         " smtp_class='5xx', duration=0.02)\n"
         f"metrics.record_relay_state(up={relay_up})\n"
+        # Another program's metric in the same directory (Flower's, say).
+        "import prometheus_client\n"
+        "prometheus_client.Counter('flower_events', 'Flower events.').inc()\n"
         + ("metrics.drop_live_gauges()\n" if exits else ""),
         directory=directory,
     )
@@ -70,6 +73,7 @@ def test_counts_from_every_process_are_summed_on_one_scrape(tmp_path):
     # The process that saw the relay down has exited: its state is gone, the
     # two that saw it up remain.
     assert value(page, "mailer_relay_up", source="breaker") == 1
+    assert "flower_events" not in page
 
 
 def test_a_live_process_that_sees_the_relay_down_pulls_the_gauge_to_zero(tmp_path):
