@@ -18,6 +18,7 @@ from django.db import connection
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -49,6 +50,7 @@ class OutboxSnapshot:
     oldest_undelivered_seconds: float
 
 
+@csrf_exempt  # read-only: answer other methods 405, not CSRF's 403
 @never_cache
 @require_safe
 def metrics(request: HttpRequest) -> HttpResponse:
