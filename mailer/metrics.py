@@ -16,11 +16,11 @@ from django.db import DatabaseError
 from django.utils import timezone
 from prometheus_client import Counter, Gauge, Histogram
 
-from project.prometheus import configure_multiprocess, mark_this_process_dead
+from project.prometheus import configure_metrics, mark_this_process_dead
 
 logger = logging.getLogger(__name__)
 
-configure_multiprocess()
+configure_metrics()
 
 KINDS = frozenset({"welcome", "account_exists", "activation", "unknown"})
 OUTCOMES = frozenset({"sent", "retry", "failed", "skipped", "deferred"})

@@ -13,7 +13,7 @@ their processes from 1, so the identifier here is the host name and the pid.
 import os
 import socket
 
-from prometheus_client import values
+from prometheus_client import disable_created_metrics, values
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -33,13 +33,15 @@ def process_identifier() -> str:
     return f"{host}-{os.getpid()}"
 
 
-def configure_multiprocess() -> None:
+def configure_metrics() -> None:
     """Make metrics created from now on write to PROMETHEUS_MULTIPROC_DIR.
 
     Runs when a metrics module is imported, before it creates a metric:
     prometheus-client binds a metric's storage when the metric is made.
-    Idempotent; does nothing outside multiprocess mode.
+    Also drops the `_created` series, which multiprocess mode never has:
+    the page looks the same with or without it. Idempotent.
     """
+    disable_created_metrics()
     directory = multiproc_dir()
     if not directory or getattr(values.ValueClass, "_welcome_multiproc", False):
         return

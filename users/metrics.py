@@ -10,9 +10,9 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import Counter
 
-from project.prometheus import configure_multiprocess
+from project.prometheus import configure_metrics
 
-configure_multiprocess()
+configure_metrics()
 
 CHANNELS = frozenset({"api", "form"})
 SCOPES = frozenset({"register", "resend"})

@@ -17,6 +17,7 @@ RULES = yaml.safe_load((MONITORING / "alerts.yml").read_text())
 RULE_TESTS = yaml.safe_load((MONITORING / "alerts_test.yml").read_text())
 ALERTS = [rule["alert"] for group in RULES["groups"] for rule in group["rules"]]
 # The metrics the service exports itself (Flower's and Prometheus' own aside).
+OWN_PREFIXES = ("mailer_", "users_")
 OWN_METRIC = re.compile(r"\b((?:mailer|users)_[a-z_]+)\b")
 
 
@@ -124,3 +125,23 @@ def test_the_dashboard_shows_the_flow_queue_failures_latency_and_oldest_mail():
     ):
         assert metric in queries
     assert DASHBOARD["uid"] == "welcome-mail"
+
+
+@pytest.mark.django_db
+def test_every_metric_the_service_exports_is_documented_with_its_labels(
+    client, settings
+):
+    settings.METRICS_BASIC_AUTH = "prometheus:docs"
+    page = client.get(
+        "/metrics", HTTP_AUTHORIZATION=basic_auth("prometheus:docs")
+    ).content.decode()
+    docs = (MONITORING.parent.parent / "docs" / "monitoring.md").read_text()
+    declared = {
+        line.split()[2]: line.split()[3]
+        for line in page.splitlines()
+        if line.startswith("# TYPE ") and line.split()[2].startswith(OWN_PREFIXES)
+    }
+
+    assert len(declared) >= 15
+    for name in declared:
+        assert f"| `{name}` |" in docs, f"{name} is not in docs/monitoring.md"
