@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 configure_metrics()
 
 KINDS = frozenset({"welcome", "account_exists", "activation", "unknown"})
-OUTCOMES = frozenset({"sent", "retry", "failed", "skipped", "deferred"})
+# "deferred" / "parked": a mail held back while the relay is down (the
+# recovery work names it "parked"; both stay countable while it settles).
+OUTCOMES = frozenset({"sent", "retry", "failed", "skipped", "deferred", "parked"})
 SMTP_CLASSES = frozenset({"2xx", "4xx", "5xx", "timeout", "connection"})
 RETRY_CAUSES = frozenset({"smtp", "database"})
 # Who judged the relay's state: the last send attempt, or a relay breaker.

@@ -188,3 +188,12 @@ def test_form_registrations_are_counted_and_pages_are_not(client, redis_server):
     client.post("/register/", {"email": "", "password": ""})
 
     assert delta() == [1, 1]
+
+
+@pytest.mark.parametrize("outcome", ["deferred", "parked"])
+def test_a_mail_held_back_for_the_relay_is_counted_by_its_own_outcome(outcome):
+    delta = Delta(deliveries(outcome))
+
+    metrics.record_attempt(kind="welcome", outcome=outcome)
+
+    assert delta() == [1]
