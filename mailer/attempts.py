@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from mailer import claims, relay
+from mailer import claims, metrics, relay
 from mailer.smtp import ClaimLost, classify_smtp_error
 
 logger = logging.getLogger(__name__)
@@ -74,23 +74,40 @@ def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome
     """Claim, send and record one delivery; `retries` are the task's own."""
     try:
         if relay.relay_is_down():
-            return _park(delivery_id, None, None, "relay down")
+            return _counted(_park(delivery_id, None, None, "relay down"))
         delivery = claims.claim_delivery(delivery_id=delivery_id, task_id=task_id)
     except DatabaseError as error:  # nothing claimed, nothing sent: soon again
+        metrics.record_database_retry()
         countdown = database_countdown(retries)
         return RetryAfter(countdown, None, error, settings.MAILER_MAX_RETRIES)
     if delivery is None:
-        return Skipped()
+        return _counted(Skipped())
+    started = time.monotonic()
     try:
         claims.send_delivery(delivery)
     except ClaimLost:
         logger.warning("delivery %s: claim lost before DATA, not sent", delivery_id)
-        return Skipped(delivery.kind)
+        return _counted(Skipped(delivery.kind))
     except OSError as error:  # every smtplib error, timeouts, resets
-        return _after_failure(delivery, task_id, error)
+        outcome = _after_failure(delivery, task_id, error)
+        return _counted(outcome, error=error, started=started)
     _record_sent(delivery_id, task_id)
     relay.note_delivered()
-    return Sent(delivery.kind)
+    latency = metrics.seconds_since_commit(delivery)
+    return _counted(Sent(delivery.kind), started=started, latency=latency)
+
+
+def _counted(outcome: Outcome, *, error=None, started=None, latency=None) -> Outcome:
+    """Count the outcome in the worker's metrics (mailer.metrics) and pass it on."""
+    talked = started is not None  # an SMTP exchange happened
+    metrics.record_attempt(
+        kind=outcome.kind or "unknown",
+        outcome=outcome.name,
+        smtp_class=metrics.smtp_class_of(error, outcome.code) if talked else None,
+        duration=time.monotonic() - started if talked else None,
+        latency=latency,
+    )
+    return outcome
 
 
 def _after_failure(delivery, task_id: str, error: OSError) -> Outcome:

@@ -75,6 +75,7 @@ def _claim_returning(
         "task_id": task_id,
         "attempts": user.claimed_attempts,
         "retries": user.claimed_retries,
+        "created_at": user.claimed_created_at,
         "message_id": user.claimed_message_id,
     }
     # from_db takes the loaded values in the model's field order.
@@ -103,6 +104,7 @@ def _claim_sql() -> str:
         "AND u.id = d.user_id "
         f"RETURNING {user_columns}, d.kind AS claimed_kind, "
         "d.attempts AS claimed_attempts, d.retries AS claimed_retries, "
+        "d.created_at AS claimed_created_at, "
         "d.message_id AS claimed_message_id"
     )
 

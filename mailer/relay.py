@@ -18,7 +18,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from mailer import leases, sweeper
+from mailer import leases, metrics, sweeper
 from mailer.models import RelayState
 from mailer.smtp import probe_relay
 
@@ -71,6 +71,7 @@ def note_down(reason: str) -> None:
         probe_due_at=first_probe,
         outages=F("outages") + 1,
     )
+    metrics.record_relay_state(up=False)
     if taken:
         logger.warning(
             "relay down: %s; parking mails until a probe or a send succeeds", reason
@@ -91,6 +92,7 @@ def note_up(*, sign: str) -> int:
     which is harmless when there is nothing parked.
     """
     _belief.down = False
+    metrics.record_relay_state(up=True)
     state = RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).first()
     with transaction.atomic():  # a crash in between must not strand parked mails
         cleared = state is not None and bool(

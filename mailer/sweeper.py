@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from mailer import metrics
 from mailer.dispatch import PublishJob, publish_deliveries
 from mailer.leases import stale_after
 from mailer.models import Delivery
@@ -67,6 +68,11 @@ def sweep_stale_deliveries(
             report.redispatched.extend(row.job.delivery_id for row in taken)
         if len(taken) < batch_size:
             break
+    metrics.record_sweep(
+        reclaimed=report.reclaimed,
+        redispatched=len(report.redispatched),
+        not_published=len(report.not_published),
+    )
     return report
 
 

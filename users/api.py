@@ -7,6 +7,7 @@ from django.views.decorators.http import require_POST
 from users import ratelimit
 from users.forms import ActivationResendForm, RegistrationForm
 from users.json_body import json_error, read_json_form
+from users.metrics import counts_registrations
 from users.ratelimit import RateLimited
 from users.services import (
     EmailAlreadyRegistered,
@@ -31,6 +32,7 @@ RESEND_ACCEPTED = {
 
 
 @csrf_exempt  # a JSON API for clients without a session; nothing to forge
+@counts_registrations("api")
 @require_POST
 def api_register(request: HttpRequest) -> JsonResponse:
     form, problem = _limited_json_form(request, RegistrationForm, scope="register")

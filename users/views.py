@@ -8,6 +8,7 @@ from django.views.decorators.http import require_http_methods
 
 from users import ratelimit
 from users.forms import ActivationResendForm, RegistrationForm
+from users.metrics import counts_registrations
 from users.ratelimit import RateLimited
 from users.services import (
     EmailAlreadyRegistered,
@@ -18,6 +19,7 @@ from users.services import (
 from users.tokens import InvalidToken, read_activation_token
 
 
+@counts_registrations("form")
 @require_http_methods(["GET", "POST"])
 def register(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":

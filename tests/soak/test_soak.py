@@ -16,13 +16,7 @@ from tests.soak.run import run_soak
 SEED = 284
 KINDS = tuple(k.value for k in FaultKind if k is not FaultKind.POSTGRES_KILL)
 
-# Flip to True when the mailer recovers in seconds with no MAILER_* set
-# (issue 11: short leases renewed by a heartbeat, Redis-down rows
-# re-dispatched once Redis answers, a relay probe). Until then a killed
-# worker's mails wait MAILER_SEND_TIME_LIMIT + MAILER_STALE_AFTER + a sweep,
-# about 8 minutes, and this drain times out with those mails missing.
-RECOVERS_IN_SECONDS = False
-# Development only: run it anyway with overrides, e.g. the soak's --fast set.
+# Development only: run it with overrides, e.g. the soak's --fast set.
 DEV_OVERRIDES = os.environ.get("SOAK_TEST_ENV_OVERRIDES", "")
 
 pytestmark = [
@@ -30,12 +24,6 @@ pytestmark = [
     # Signal method: the timeout raises in this thread, so the run's finally
     # block still stops every process it started.
     pytest.mark.timeout(480, method="signal"),
-    pytest.mark.skipif(
-        not (RECOVERS_IN_SECONDS or DEV_OVERRIDES),
-        reason="needs issue 11's fast recovery on the shipped defaults (lease + "
-        "heartbeat, Redis re-dispatch, relay probe); on this branch a killed "
-        "worker's mails wait ~8 min. Flip RECOVERS_IN_SECONDS when it lands.",
-    ),
 ]
 
 
