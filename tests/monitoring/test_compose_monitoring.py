@@ -1,5 +1,6 @@
 """docker-compose.yml's monitoring profile runs the files in deploy/monitoring."""
 
+import os
 import subprocess
 
 import yaml
@@ -26,6 +27,7 @@ def test_the_profile_validates_with_the_example_environment(validator):  # noqa:
         [*validator, "--env-file", ".env.example", "-f", "docker-compose.yml"]
         + ["--profile", "monitoring", "config"],
         cwd=ROOT,
+        env={**os.environ, "APP_ENV_FILE": ".env.example"},
         capture_output=True,
         text=True,
         timeout=60,
