@@ -75,11 +75,6 @@ class Delivery(models.Model):
                 condition=models.Q(status="sending"),
                 name="mailer_delivery_sending_idx",
             ),
-            models.Index(
-                fields=["created_at"],
-                condition=models.Q(status__in=["pending", "sending"]),
-                name="mailer_delivery_unfinished_idx",
-            ),
         ]
 
     def __str__(self) -> str:

@@ -44,8 +44,4 @@ class Migration(migrations.Migration):
             model_name='delivery',
             index=models.Index(condition=models.Q(('status', 'sending')), fields=['lease_expires_at'], name='mailer_delivery_sending_idx'),
         ),
-        migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('status__in', ['pending', 'sending'])), fields=['created_at'], name='mailer_delivery_unfinished_idx'),
-        ),
     ]
