@@ -46,6 +46,22 @@ def make_pending_due() -> int:
     ).update(lease_expires_at=Now())
 
 
+def make_queued_due() -> int:
+    """Make due the pending rows whose message only the broker holds.
+
+    No worker renews them (their lease lies beyond one MAILER_LEASE), and
+    no retry waits on them: after a broker outage one of their messages may
+    have been popped by a worker and lost before it was recorded unacked.
+    The claim turns every surviving original into a skip.
+    """
+    return Delivery.objects.filter(
+        status=Delivery.Status.PENDING,
+        waiting_for_relay=False,
+        retries=0,
+        lease_expires_at__gt=Now() + 2 * lease(),
+    ).update(lease_expires_at=Now())
+
+
 def release_parked() -> int:
     """Make every row parked for the relay due now; return how many."""
     return Delivery.objects.filter(

@@ -25,7 +25,9 @@ import uuid
 from celery.signals import worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections
+from kombu.exceptions import KombuError
+from redis import RedisError
 
 from mailer import leases, relay, sweeper
 from mailer.dispatch import ACCOUNT_MAIL_TASK, WELCOME_TASK
@@ -36,6 +38,9 @@ LEASED_TASKS = frozenset({WELCOME_TASK, ACCOUNT_MAIL_TASK})
 # Set when first seen missing; its loss means the broker's data went with it.
 EPOCH_KEY = "mailer:broker-epoch"
 BROKER_TIMEOUT = 1.0  # seconds; a frozen broker must not stall the renewals
+BACK_GUARD = 5  # seconds: other workers seeing the same outage's end do nothing
+# An outage of the database or the broker: logged in one line, tried next beat.
+OUTAGES = (DatabaseError, OSError, KombuError, RedisError)
 
 
 def held_deliveries(*, now: float) -> tuple[list[int], list[str]]:
@@ -68,6 +73,7 @@ class Lifeline(threading.Thread):
         self.app = app
         self.stopping = threading.Event()
         self.epoch: bytes | None = None
+        self.broker_was_down = False
         self.prober: threading.Thread | None = None
 
     def run(self) -> None:
@@ -85,6 +91,9 @@ class Lifeline(threading.Thread):
         for step in (self.renew, self.rescue, self.watch_broker, self.watch_relay):
             try:
                 step()
+            except OUTAGES as error:
+                logger.warning("lifeline: %s failed: %r", step.__name__, error)
+                connections.close_all()
             except Exception:  # noqa: BLE001 - the next beat tries again
                 logger.exception("lifeline: %s failed", step.__name__)
                 connections.close_all()
@@ -105,7 +114,11 @@ class Lifeline(threading.Thread):
             )
 
     def watch_broker(self) -> None:
-        epoch, lost = self._read_epoch()
+        try:
+            epoch, lost = self._read_epoch()
+        except Exception:
+            self.broker_was_down = True
+            raise
         self.epoch = epoch
         if lost:
             due = leases.make_pending_due()
@@ -114,6 +127,23 @@ class Lifeline(threading.Thread):
                 "%d pending mails made due for re-dispatch",
                 due,
             )
+        elif self.broker_was_down and self._first_back(epoch):
+            due = leases.make_queued_due()
+            logger.warning(
+                "broker back after an outage: %d queued mails made due for "
+                "re-dispatch (a message popped as the broker went down is lost)",
+                due,
+            )
+        self.broker_was_down = False
+
+    def _first_back(self, epoch: bytes) -> bool:
+        """Whether this process is the first to see the broker back (one per outage)."""
+        connection = self.app.connection_for_write(connect_timeout=BROKER_TIMEOUT)
+        try:
+            client = connection.default_channel.client
+            return bool(client.set(f"{EPOCH_KEY}:back", epoch, nx=True, ex=BACK_GUARD))
+        finally:
+            connection.release()
 
     def _read_epoch(self) -> tuple[bytes, bool]:
         """The broker's epoch, and whether it changed since the last beat."""
