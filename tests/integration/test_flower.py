@@ -15,7 +15,7 @@ from mailer.models import Delivery
 from mailer.tasks import sweep_stale_deliveries
 from tests import services
 from tests.conftest import worker_env
-from tests.support import ROOT, stop_process, wait_until
+from tests.support import ROOT, stop_process, wait_for_delivery, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -124,19 +124,9 @@ def test_flower_lists_each_send_with_its_state_and_only_the_outbox_id(
             {"email": email, "password": PASSWORD},
             content_type="application/json",
         )
-    sent = wait_until(
-        lambda: Delivery.objects.filter(
-            user__email="hello@example.com", status="sent"
-        ).first(),
-        timeout=20,
-        what="sent",
-    )
-    failed = wait_until(
-        lambda: Delivery.objects.filter(
-            user__email="bounce@example.com", status="failed"
-        ).first(),
-        timeout=20,
-        what="failed",
+    sent = wait_for_delivery(email="hello@example.com", status=Delivery.Status.SENT)
+    failed = wait_for_delivery(
+        email="bounce@example.com", status=Delivery.Status.FAILED
     )
 
     def states():

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from mailer.models import Delivery
-from tests.support import wait_until
+from tests.support import wait_for_delivery, wait_until
 from users.models import User
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -48,12 +48,7 @@ def test_api_registration_delivers_a_welcome_mail_whose_link_activates(client, s
     assert client.post(path).status_code == 302
     assert User.objects.get(email="ada@example.com").is_active
 
-    delivery = Delivery.objects.get(user__email="ada@example.com")
-    wait_until(
-        lambda: Delivery.objects.get(pk=delivery.pk).status == "sent",
-        timeout=5,
-        what="sent",
-    )
+    delivery = wait_for_delivery(email="ada@example.com", status="sent", timeout=5)
     assert mail.message["Message-ID"] == delivery.message_id
     assert len(smtp.mails_to("ada@example.com")) == 1
 
@@ -95,13 +90,7 @@ def test_transient_smtp_failures_are_retried_and_the_mail_arrives_once(client, s
     )
 
     wait_for_mail(smtp, "retry@example.com")
-    delivery = wait_until(
-        lambda: Delivery.objects.filter(
-            user__email="retry@example.com", status="sent"
-        ).first(),
-        timeout=5,
-        what="row marked sent",
-    )
+    delivery = wait_for_delivery(email="retry@example.com", status="sent", timeout=5)
     assert delivery.attempts == 3
     assert smtp.attempts["retry@example.com"] == 3
     assert len(smtp.mails_to("retry@example.com")) == 1
@@ -116,13 +105,7 @@ def test_permanent_smtp_failure_marks_the_row_failed_without_retry(client, smtp)
         content_type="application/json",
     )
 
-    delivery = wait_until(
-        lambda: Delivery.objects.filter(
-            user__email="gone@example.com", status="failed"
-        ).first(),
-        timeout=20,
-        what="row marked failed",
-    )
+    delivery = wait_for_delivery(email="gone@example.com", status="failed")
     assert delivery.smtp_code == 550
     assert "Mailbox does not exist" in delivery.last_error
     time.sleep(1.5)  # longer than the worker's backoff: no retry follows

@@ -13,7 +13,7 @@ from django.utils import timezone
 from mailer.models import Delivery
 from tests import services
 from tests.conftest import worker_env
-from tests.support import ROOT, RedisServer, wait_until
+from tests.support import ROOT, RedisServer, wait_for_delivery
 from users.models import User
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -46,19 +46,7 @@ def register_and_fail(client, smtp, emails: list[str]) -> list[Delivery]:
             {"email": email, "password": PASSWORD},
             content_type="application/json",
         )
-    return wait_until(
-        lambda: (
-            (
-                rows := list(
-                    Delivery.objects.filter(user__email__in=emails, status="failed")
-                )
-            )
-            and len(rows) == len(emails)
-            and rows
-        ),
-        timeout=20,
-        what="every delivery failed",
-    )
+    return [wait_for_delivery(email=email, status="failed") for email in emails]
 
 
 def test_a_rerun_delivers_each_failed_mail_once_and_a_second_run_finds_nothing(
@@ -69,12 +57,8 @@ def test_a_rerun_delivers_each_failed_mail_once_and_a_second_run_finds_nothing(
     assert all(smtp.mails_to(email) == [] for email in emails)
 
     first = resend_failed()
-    for row in failed:
-        wait_until(
-            lambda row=row: Delivery.objects.filter(pk=row.pk, status="sent").exists(),
-            timeout=20,
-            what=f"delivery {row.pk} sent",
-        )
+    for email in emails:
+        wait_for_delivery(email=email, status="sent")
     second = resend_failed()
 
     assert (

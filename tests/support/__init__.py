@@ -21,7 +21,7 @@ from tests.support.smtp import (
     SmtpScript,
     SmtpServer,
 )
-from tests.support.waiting import free_port, wait_until
+from tests.support.waiting import free_port, wait_for_delivery, wait_until
 
 __all__ = [
     "ROOT",
@@ -38,5 +38,6 @@ __all__ = [
     "free_port",
     "run_manage",
     "stop_process",
+    "wait_for_delivery",
     "wait_until",
 ]
