@@ -15,12 +15,11 @@ from mailer.models import Delivery
 from mailer.tasks import sweep_stale_deliveries
 from tests import services
 from tests.conftest import worker_env
-from tests.support import ROOT, stop_process, wait_for_delivery, wait_until
+from tests.support import ROOT, register, stop_process, wait_for_delivery, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 LOGIN = "ops:flower-test-pass"
-PASSWORD = "correct horse battery staple"
 
 
 class FlowerProcess:
@@ -119,11 +118,7 @@ def test_flower_lists_each_send_with_its_state_and_only_the_outbox_id(
 ):
     smtp.script.replies["bounce@example.com"] = ["550 5.1.1 Mailbox does not exist"]
     for email in ("hello@example.com", "bounce@example.com"):
-        client.post(
-            "/api/register",
-            {"email": email, "password": PASSWORD},
-            content_type="application/json",
-        )
+        register(client, email)
     sent = wait_for_delivery(email="hello@example.com", status=Delivery.Status.SENT)
     failed = wait_for_delivery(
         email="bounce@example.com", status=Delivery.Status.FAILED

@@ -13,7 +13,7 @@ from django.utils import timezone
 from mailer.models import Delivery
 from tests import services
 from tests.conftest import worker_env
-from tests.support import ROOT, RedisServer, wait_for_delivery
+from tests.support import ROOT, RedisServer, register, wait_for_delivery
 from users.models import User
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -41,11 +41,7 @@ def resend_failed_in_a_process(*args: str, env: dict[str, str]):
 def register_and_fail(client, smtp, emails: list[str]) -> list[Delivery]:
     for email in emails:
         smtp.script.replies[email] = ["550 5.1.1 Mailbox does not exist"]
-        client.post(
-            "/api/register",
-            {"email": email, "password": PASSWORD},
-            content_type="application/json",
-        )
+        register(client, email)
     return [wait_for_delivery(email=email, status="failed") for email in emails]
 
 

@@ -11,18 +11,13 @@ from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 
 from mailer.models import Delivery
-from tests.support import run_manage
+from tests.support import register, run_manage
 from users.models import User
 from users.ratelimit import CACHE_ALIAS, Rate, parse_rate
 
 pytestmark = pytest.mark.django_db
 
 PASSWORD = "correct horse battery staple"
-
-
-def register(client, email, **extra):
-    body = json.dumps({"email": email, "password": PASSWORD})
-    return client.post("/api/register", body, content_type="application/json", **extra)
 
 
 def resend(client, email, **extra):

@@ -22,11 +22,14 @@ from tests.support.smtp import (
     SmtpServer,
 )
 from tests.support.waiting import free_port, wait_for_delivery, wait_until
+from tests.support.web import HttpClient, HttpResponse, register
 
 __all__ = [
     "ROOT",
     "BeatProcess",
     "GunicornProcess",
+    "HttpClient",
+    "HttpResponse",
     "ProjectProcess",
     "ReceivedMail",
     "RecordingHandler",
@@ -36,6 +39,7 @@ __all__ = [
     "SmtpServer",
     "WorkerProcess",
     "free_port",
+    "register",
     "run_manage",
     "stop_process",
     "wait_for_delivery",
