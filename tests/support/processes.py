@@ -1,6 +1,8 @@
 """Project processes (web, worker, beat) and `manage.py` runs.
 
 Every process is started here, tracked by its pid, and stopped by that pid.
+Not mirakuru's OutputExecutor: it waits for the ready line on a pipe that
+nothing reads afterwards, and the tests read each process's whole log.
 """
 
 import os

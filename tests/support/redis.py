@@ -1,4 +1,8 @@
-"""A private redis-server for the suite or for one test."""
+"""A private redis-server for the suite or for one test.
+
+Not pytest-redis: it cannot turn Redis's default snapshots off (`--save ""`),
+so a restarted server would bring back the queue the fault tests need lost.
+"""
 
 import shutil
 import subprocess
