@@ -20,10 +20,10 @@ from mailer.tasks import send_welcome_email
 from project.redis_transport import transport_for
 from tests.conftest import worker_env
 from tests.factories import UserFactory
-from tests.services import free_port
 from tests.support import (
     RedisServer,
     WorkerProcess,
+    free_port,
     stop_process,
     wait_for_delivery,
     wait_until,

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import worker_env
-from tests.services import free_port
 from tests.support import (
     ROOT,
     BeatProcess,
@@ -23,6 +22,7 @@ from tests.support import (
     SilentSmtpServer,
     SmtpServer,
     WorkerProcess,
+    free_port,
     register,
 )
 

@@ -13,9 +13,15 @@ import pytest
 
 from mailer.models import Delivery
 from mailer.tasks import sweep_stale_deliveries
-from tests import services
 from tests.conftest import worker_env
-from tests.support import ROOT, register, stop_process, wait_for_delivery, wait_until
+from tests.support import (
+    ROOT,
+    free_port,
+    register,
+    stop_process,
+    wait_for_delivery,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -26,7 +32,7 @@ class FlowerProcess:
     """`celery -A celery_app flower` on a free port, with flowerconfig.py."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.port = services.free_port()
+        self.port = free_port()
         self.env = dict(env, FLOWER_PORT=str(self.port), FLOWER_ADDRESS="127.0.0.1")
         self.log_path = Path(tempfile.mkstemp(prefix="flower-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
@@ -149,7 +155,7 @@ def test_flower_lists_each_send_with_its_state_and_only_the_outbox_id(
 
 
 def test_flower_refuses_to_start_without_auth_when_debug_is_off(redis_server):
-    env = worker_env(DJANGO_DEBUG="0", FLOWER_PORT=str(services.free_port()))
+    env = worker_env(DJANGO_DEBUG="0", FLOWER_PORT=str(free_port()))
     env.pop("FLOWER_BASIC_AUTH", None)
 
     result = subprocess.run(

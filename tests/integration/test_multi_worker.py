@@ -21,8 +21,13 @@ from mailer.services import create_welcome_delivery
 from mailer.tasks import send_welcome_email
 from tests.conftest import worker_env
 from tests.factories import UserFactory
-from tests.services import free_port
-from tests.support import RedisServer, WorkerProcess, wait_for_delivery, wait_until
+from tests.support import (
+    RedisServer,
+    WorkerProcess,
+    free_port,
+    wait_for_delivery,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

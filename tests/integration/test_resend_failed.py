@@ -11,9 +11,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from mailer.models import Delivery
-from tests import services
 from tests.conftest import worker_env
-from tests.support import ROOT, RedisServer, register, wait_for_delivery
+from tests.support import ROOT, RedisServer, free_port, register, wait_for_delivery
 from users.models import User
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -74,7 +73,7 @@ def test_an_unreachable_broker_is_refused_and_every_row_stays_failed(
     celery_worker, client, smtp
 ):
     [row] = register_and_fail(client, smtp, ["nobroker@example.com"])
-    env = worker_env(REDIS_URL=f"redis://127.0.0.1:{services.free_port()}/0")
+    env = worker_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
 
     started = time.monotonic()
     result = resend_failed_in_a_process(env=env)
@@ -89,7 +88,7 @@ def test_an_unreachable_broker_is_refused_and_every_row_stays_failed(
 
 @pytest.fixture
 def private_redis():
-    server = RedisServer(services.free_port()).start()
+    server = RedisServer(free_port()).start()
     yield server
     server.cleanup()
 

@@ -7,13 +7,13 @@ from django.utils import timezone
 
 from mailer.models import Delivery
 from mailer.services import sweep_stale_deliveries
-from tests import services
 from tests.conftest import worker_env
 from tests.factories import DeliveryFactory
 from tests.support import (
     BeatProcess,
     RedisServer,
     WorkerProcess,
+    free_port,
     run_manage,
     wait_for_delivery,
     wait_until,
@@ -75,7 +75,7 @@ def register_in_a_process(email: str, env: dict[str, str]) -> None:
 @pytest.fixture
 def private_redis():
     """A redis-server of this test's own, so stopping it disturbs no one."""
-    server = RedisServer(services.free_port())
+    server = RedisServer(free_port())
     yield server
     server.cleanup()
 
