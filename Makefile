@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-postgres bench lint format clean reliability
+.PHONY: help install run test test-postgres bench lint format clean reliability soak
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,3 +49,6 @@ clean: ## Remove .venv/ and var/ (databases, mails, Redis data)
 reliability: install ## Run the fault suite and write its matrix into docs/RELIABILITY.md
 	$(PY) -m pytest tests/faults -q
 	$(PY) -m tests.faults.report
+
+soak: install ## Fault soak: load + seeded random faults on real processes, writes docs/SOAK.md (SOAK_MINUTES=5, SOAK_SEED)
+	$(PY) -m tests.soak

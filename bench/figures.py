@@ -327,7 +327,7 @@ class Figures:
     def fig3_mail_throughput(self) -> None:
         """Rows committed, tasks published, until the relay's last 250 (50 ms)."""
         from bench.tasks import send_welcome_email_naive
-        from mailer.services import dispatch_delivery
+        from mailer.dispatch import dispatch_delivery
 
         c = self.counts
         self.ensure_project_worker()

@@ -9,9 +9,9 @@ from django.views.decorators.http import require_POST
 
 from mailer.messages import build_message
 from mailer.models import Delivery
+from users.api import ACCEPTED
 from users.forms import RegistrationForm
 from users.services import EmailAlreadyRegistered, register_user
-from users.views import ACCEPTED
 
 
 @csrf_exempt

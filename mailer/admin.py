@@ -5,12 +5,9 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
+from mailer.dispatch import BrokerUnreachable
 from mailer.models import Delivery
-from mailer.services import (
-    BrokerUnreachable,
-    ResendInterrupted,
-    resend_failed_deliveries,
-)
+from mailer.rerun import ResendInterrupted, resend_failed_deliveries
 from users.admin import UserAdmin
 from users.models import User
 

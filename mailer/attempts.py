@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from mailer import relay, services
+from mailer import claims, metrics, relay
 from mailer.smtp import ClaimLost, classify_smtp_error
 
 logger = logging.getLogger(__name__)
@@ -23,14 +23,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Sent:
+    kind: str
     name = "sent"
+    code = 250
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """Another attempt owns or finished the row."""
+    """Another attempt owns or finished the row (its kind unknown if unclaimed)."""
 
+    kind: str | None = None
     name = "skipped"
+    code = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Parked:
 
     code: int | None
     reason: str
+    kind: str | None = None
     name = "parked"
 
 
@@ -49,6 +54,7 @@ class RetryAfter:
     error: Exception
     # None: the row counts this mail's retries; a number: the task's own do.
     max_retries: int | None = None
+    kind: str | None = None
     name = "retry"
 
 
@@ -57,6 +63,7 @@ class Failed:
     code: int | None
     reason: str
     error: Exception
+    kind: str
     name = "failed"
 
 
@@ -67,23 +74,40 @@ def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome
     """Claim, send and record one delivery; `retries` are the task's own."""
     try:
         if relay.relay_is_down():
-            return _park(delivery_id, None, None, "relay down")
-        delivery = services.claim_delivery(delivery_id=delivery_id, task_id=task_id)
+            return _counted(_park(delivery_id, None, None, "relay down"))
+        delivery = claims.claim_delivery(delivery_id=delivery_id, task_id=task_id)
     except DatabaseError as error:  # nothing claimed, nothing sent: soon again
+        metrics.record_database_retry()
         countdown = database_countdown(retries)
         return RetryAfter(countdown, None, error, settings.MAILER_MAX_RETRIES)
     if delivery is None:
-        return Skipped()
+        return _counted(Skipped())
+    started = time.monotonic()
     try:
-        services.send_delivery(delivery)
+        claims.send_delivery(delivery)
     except ClaimLost:
         logger.warning("delivery %s: claim lost before DATA, not sent", delivery_id)
-        return Skipped()
+        return _counted(Skipped(delivery.kind))
     except OSError as error:  # every smtplib error, timeouts, resets
-        return _after_failure(delivery, task_id, error)
+        outcome = _after_failure(delivery, task_id, error)
+        return _counted(outcome, error=error, started=started)
     _record_sent(delivery_id, task_id)
     relay.note_delivered()
-    return Sent()
+    latency = metrics.seconds_since_commit(delivery)
+    return _counted(Sent(delivery.kind), started=started, latency=latency)
+
+
+def _counted(outcome: Outcome, *, error=None, started=None, latency=None) -> Outcome:
+    """Count the outcome in the worker's metrics (mailer.metrics) and pass it on."""
+    talked = started is not None  # an SMTP exchange happened
+    metrics.record_attempt(
+        kind=outcome.kind or "unknown",
+        outcome=outcome.name,
+        smtp_class=metrics.smtp_class_of(error, outcome.code) if talked else None,
+        duration=time.monotonic() - started if talked else None,
+        latency=latency,
+    )
+    return outcome
 
 
 def _after_failure(delivery, task_id: str, error: OSError) -> Outcome:
@@ -91,31 +115,31 @@ def _after_failure(delivery, task_id: str, error: OSError) -> Outcome:
     failure = classify_smtp_error(error)
     if failure.relay_wide:
         relay.note_down(failure.reason)
-        return _park(delivery.pk, task_id, failure.code, failure.reason)
+        return _park(delivery.pk, task_id, failure.code, failure.reason, delivery.kind)
     if failure.transient and delivery.retries < settings.MAILER_MAX_RETRIES:
         countdown = retry_countdown(delivery.retries)
-        services.mark_retrying(
+        claims.mark_retrying(
             delivery_id=delivery.pk,
             task_id=task_id,
             countdown=countdown,
             code=failure.code,
             reason=failure.reason,
         )
-        return RetryAfter(countdown, failure.code, error)
-    services.mark_failed(
+        return RetryAfter(countdown, failure.code, error, kind=delivery.kind)
+    claims.mark_failed(
         delivery_id=delivery.pk,
         task_id=task_id,
         code=failure.code,
         reason=failure.reason,
     )
-    return Failed(failure.code, failure.reason, error)
+    return Failed(failure.code, failure.reason, error, delivery.kind)
 
 
-def _park(delivery_id, task_id, code, reason) -> Parked | Skipped:
-    parked = services.park_for_relay(
+def _park(delivery_id, task_id, code, reason, kind=None) -> Parked | Skipped:
+    parked = claims.park_for_relay(
         delivery_id=delivery_id, task_id=task_id, code=code, reason=reason
     )
-    return Parked(code, reason) if parked else Skipped()
+    return Parked(code, reason, kind) if parked else Skipped(kind)
 
 
 def _record_sent(delivery_id: int, task_id: str) -> None:
@@ -127,7 +151,7 @@ def _record_sent(delivery_id: int, task_id: str) -> None:
     deadline = time.monotonic() + settings.MAILER_STALE_AFTER / 2
     while True:
         try:
-            if not services.mark_sent(delivery_id=delivery_id, task_id=task_id):
+            if not claims.mark_sent(delivery_id=delivery_id, task_id=task_id):
                 logger.warning(
                     "delivery %s: sent, but its claim had passed to another "
                     "attempt (a possible duplicate)",

@@ -27,11 +27,12 @@ from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import connections
 
-from mailer import relay, services
+from mailer import leases, relay, sweeper
+from mailer.dispatch import ACCOUNT_MAIL_TASK, WELCOME_TASK
 
 logger = logging.getLogger(__name__)
 
-LEASED_TASKS = frozenset({"mailer.tasks.send_welcome_email"})
+LEASED_TASKS = frozenset({WELCOME_TASK, ACCOUNT_MAIL_TASK})
 # Set when first seen missing; its loss means the broker's data went with it.
 EPOCH_KEY = "mailer:broker-epoch"
 BROKER_TIMEOUT = 1.0  # seconds; a frozen broker must not stall the renewals
@@ -90,10 +91,10 @@ class Lifeline(threading.Thread):
 
     def renew(self) -> None:
         ids, task_ids = held_deliveries(now=time.time())
-        services.renew_leases(delivery_ids=ids, task_ids=task_ids)
+        leases.renew_leases(delivery_ids=ids, task_ids=task_ids)
 
     def rescue(self) -> None:
-        report = services.sweep_stale_deliveries()
+        report = sweeper.sweep_stale_deliveries()
         if report.reclaimed or report.redispatched:
             logger.warning(
                 "lifeline rescued mails: reclaimed=%d (attempts of a dead or frozen "
@@ -107,7 +108,7 @@ class Lifeline(threading.Thread):
         epoch, lost = self._read_epoch()
         self.epoch = epoch
         if lost:
-            due = services.make_pending_due()
+            due = leases.make_pending_due()
             logger.warning(
                 "broker lost its data (restarted without persistence?): "
                 "%d pending mails made due for re-dispatch",
@@ -137,6 +138,11 @@ class Lifeline(threading.Thread):
         state = relay.refresh()
         if state is None:
             relay.forget_outages()
+            stray = leases.release_parked()  # parked by a send racing the release
+            if stray:
+                logger.warning(
+                    "lifeline released %d mails parked after the relay came back", stray
+                )
             return
         probing = self.prober is not None and self.prober.is_alive()
         if not probing and relay.take_probe(state):

@@ -4,12 +4,9 @@ from functools import partial
 
 from django.db import transaction
 
+from mailer.dispatch import dispatch_after_commit
 from mailer.models import Delivery
-from mailer.services import (
-    create_repeatable_delivery,
-    create_welcome_delivery,
-    dispatch_after_commit,
-)
+from mailer.outbox import create_repeatable_delivery, create_welcome_delivery
 
 
 def queue_welcome_email(sender, *, user, **kwargs) -> None:
@@ -32,5 +29,5 @@ def queue_activation_email(sender, *, user, **kwargs) -> None:
 def _dispatch_on_commit(delivery: Delivery | None) -> None:
     if delivery is not None:
         transaction.on_commit(
-            partial(dispatch_after_commit, delivery.pk, delivery.task_id)
+            partial(dispatch_after_commit, delivery.pk, delivery.task_id, delivery.kind)
         )

@@ -10,13 +10,15 @@ accepted, releases every parked mail at once.
 
 import logging
 from datetime import timedelta
+from email.utils import parseaddr
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from mailer import services
+from mailer import leases, metrics, sweeper
 from mailer.models import RelayState
 from mailer.smtp import probe_relay
 
@@ -61,13 +63,15 @@ def forget_belief() -> None:
 def note_down(reason: str) -> None:
     """Mark the relay down after a relay-wide failure; log it once, globally."""
     _belief.down = True
-    RelayState.objects.get_or_create(pk=STATE_ID)
+    state, _ = RelayState.objects.get_or_create(pk=STATE_ID)
+    first_probe = Now() + timedelta(seconds=probe_interval(state.outages + 1))
     taken = RelayState.objects.filter(pk=STATE_ID, down_since__isnull=True).update(
         down_since=Now(),
         reason=reason[:500],
-        probe_due_at=Now(),
+        probe_due_at=first_probe,
         outages=F("outages") + 1,
     )
+    metrics.record_relay_state(up=False)
     if taken:
         logger.warning(
             "relay down: %s; parking mails until a probe or a send succeeds", reason
@@ -88,13 +92,15 @@ def note_up(*, sign: str) -> int:
     which is harmless when there is nothing parked.
     """
     _belief.down = False
+    metrics.record_relay_state(up=True)
     state = RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).first()
-    cleared = state is not None and bool(
-        RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).update(
-            down_since=None, reason="", probe_due_at=None
+    with transaction.atomic():  # a crash in between must not strand parked mails
+        cleared = state is not None and bool(
+            RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).update(
+                down_since=None, reason="", probe_due_at=None
+            )
         )
-    )
-    released = services.release_parked()
+        released = leases.release_parked()
     if cleared:
         lasted = (timezone.now() - state.down_since).total_seconds()
         logger.warning(
@@ -104,7 +110,7 @@ def note_up(*, sign: str) -> int:
             released,
         )
     if released:
-        services.sweep_stale_deliveries()
+        sweeper.sweep_stale_deliveries()
     return released
 
 
@@ -115,27 +121,34 @@ def forget_outages() -> None:
         RelayState.objects.filter(pk=STATE_ID, outages__gt=0).update(outages=0)
 
 
-def take_probe(state: RelayState) -> bool:
-    """Claim the next probe for this process, if one is due; at most one at a time.
+def probe_interval(outages: int) -> float:
+    """Seconds between probes, doubling with each outage since mails last went out.
 
-    The interval doubles with each outage since mails last went out (a relay
-    that accepts EHLO and then drops every mail), up to the maximum.
+    A relay that answers the probe and then drops every mail is probed less
+    and less often, up to MAILER_RELAY_PROBE_INTERVAL_MAX.
     """
-    interval = min(
-        settings.MAILER_RELAY_PROBE_INTERVAL * 2 ** max(state.outages - 1, 0),
+    return min(
+        settings.MAILER_RELAY_PROBE_INTERVAL * 2 ** max(outages - 1, 0),
         settings.MAILER_RELAY_PROBE_INTERVAL_MAX,
     )
+
+
+def take_probe(state: RelayState) -> bool:
+    """Claim the next probe for this process, if one is due; at most one at a time."""
+    interval = timedelta(seconds=probe_interval(state.outages))
     return bool(
         RelayState.objects.filter(
             pk=STATE_ID, down_since__isnull=False, probe_due_at__lte=Now()
-        ).update(probe_due_at=Now() + timedelta(seconds=interval))
+        ).update(probe_due_at=Now() + interval)
     )
 
 
 def probe() -> bool:
     """Probe the relay; when it answers, mark it up and release the parked mails."""
+    sender = parseaddr(settings.DEFAULT_FROM_EMAIL)[1]
+    recipient = f"postmaster@{sender.rpartition('@')[2] or 'localhost'}"
     try:
-        probe_relay()
+        probe_relay(sender=sender, recipient=recipient)
     except OSError as error:  # every smtplib error, refused, timed out
         logger.info("relay probe failed: %s", error or type(error).__name__)
         return False

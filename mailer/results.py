@@ -1,4 +1,4 @@
-"""django-celery-results' database backend, storing each task state in one statement.
+"""django-celery-results' task results, each state stored in one statement.
 
 The stock manager stores a state with `get_or_create()` and `save()`: for
 STARTED a SELECT, then BEGIN, INSERT, COMMIT; for SUCCESS a SELECT and an
@@ -17,7 +17,6 @@ read them as before. Any other database falls back to the stock manager.
 
 from django.db import connections, router
 from django.utils import timezone
-from django_celery_results.backends import DatabaseBackend as StockDatabaseBackend
 from django_celery_results.managers import TaskResultManager
 
 UPSERT_VENDORS = frozenset({"postgresql", "sqlite"})
@@ -95,13 +94,3 @@ class UpsertTaskResultManager(TaskResultManager):
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-
-
-class DatabaseBackend(StockDatabaseBackend):
-    """The `django-db` result backend, writing through `UpsertTaskResultManager`."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        from mailer.models import TaskResultRecord
-
-        self.TaskModel = TaskResultRecord

@@ -105,19 +105,26 @@ class EmailBackend(django_smtp.EmailBackend):
         return FencedSMTPSSL if self.use_ssl else FencedSMTP
 
 
-def probe_relay() -> None:
-    """Open a connection to the relay, say EHLO and NOOP, and close it.
+def probe_relay(*, sender: str, recipient: str) -> None:
+    """Ask the relay to take a mail without sending one; raise if it would not.
 
-    Cheap: no mail is handed over. Raises what the connection raised.
+    Connect, EHLO, MAIL FROM and RCPT TO (a relay that defers every
+    recipient with 421 is down too), then RSET: no data is handed over. A
+    5xx for the recipient still shows a relay that answers. Raises what the
+    connection raised, or the 4xx reply.
     """
     backend = get_connection(fail_silently=False)
     backend.open()
     try:
         smtp = getattr(backend, "connection", None)
-        if smtp is not None:
-            code, message = smtp.noop()
-            if code != 250:
+        if smtp is None:  # not an SMTP backend: nothing to probe
+            return
+        smtp.ehlo_or_helo_if_needed()
+        for command, argument in ((smtp.mail, sender), (smtp.rcpt, recipient)):
+            code, message = command(argument)
+            if 400 <= code < 500:
                 raise smtplib.SMTPResponseException(code, message)
+        smtp.rset()
     finally:
         _close_quietly(backend)
 

@@ -1,4 +1,8 @@
-"""Celery tasks: serialization, retries and logging around the mailer services."""
+"""Celery tasks: serialization, retries and logging around the mailer services.
+
+A task is like a view: it takes an id, calls one service and maps what came
+back to Celery's return, retry or raise.
+"""
 
 import logging
 import time
@@ -6,32 +10,46 @@ import time
 from celery import Task, shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
 
-from mailer import attempts, services
+from mailer import attempts, sweeper
 from mailer.smtp import ReusedConnection
 
 logger = logging.getLogger(__name__)
 
+SEND_OPTIONS = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "retry_on_worker_lost": True,
+    "max_retries": None,  # mails count their retries on the row (mailer.attempts)
+}
 
-@shared_task(
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    retry_on_worker_lost=True,
-    max_retries=None,  # mails count their retries on the row (mailer.attempts)
-)
+
+@shared_task(**SEND_OPTIONS)
 def send_welcome_email(self: Task, delivery_id: int) -> str:
-    """Send the mail of one outbox row, at most once.
+    """Send the welcome mail of one outbox row, at most once.
 
     Returns "sent", "skipped" when another attempt owns or finished the row,
-    or "parked" when the relay is down and the mail waits for it.
+    or "parked" when the relay is down and the mail waits for it. Messages
+    queued for other kinds under this name, before they had their own task,
+    are sent too: the row says what it is.
     """
+    return _send(self, delivery_id)
+
+
+@shared_task(**SEND_OPTIONS)
+def send_account_mail(self: Task, delivery_id: int) -> str:
+    """Send an account-exists notice or a new activation link, at most once."""
+    return _send(self, delivery_id)
+
+
+def _send(task: Task, delivery_id: int) -> str:
     started = time.monotonic()
     outcome = attempts.attempt_delivery(
-        delivery_id=delivery_id, task_id=self.request.id, retries=self.request.retries
+        delivery_id=delivery_id, task_id=task.request.id, retries=task.request.retries
     )
-    _log(self.request, delivery_id, outcome, time.monotonic() - started)
+    _log(task.request, delivery_id, outcome, time.monotonic() - started)
     if isinstance(outcome, attempts.RetryAfter):
-        raise self.retry(
+        raise task.retry(
             exc=outcome.error,
             countdown=outcome.countdown,
             max_retries=outcome.max_retries,
@@ -42,22 +60,27 @@ def send_welcome_email(self: Task, delivery_id: int) -> str:
 
 
 def _log(request, delivery_id: int, outcome: attempts.Outcome, elapsed: float) -> None:
+    fields = {
+        "kind": outcome.kind or "-",
+        "delivery": delivery_id,
+        "task": request.id,
+        "attempt": request.retries + 1,
+        "outcome": outcome.name,
+        "smtp_code": outcome.code,
+        "duration_ms": round(elapsed * 1000, 1),
+    }
     logger.info(
-        "welcome_email delivery=%s task=%s attempt=%s outcome=%s smtp_code=%s "
-        "duration_ms=%.1f",
-        delivery_id,
-        request.id,
-        request.retries + 1,
-        outcome.name,
-        250 if isinstance(outcome, attempts.Sent) else getattr(outcome, "code", None),
-        elapsed * 1000,
+        "%(kind)s mail delivery=%(delivery)s task=%(task)s attempt=%(attempt)s "
+        "outcome=%(outcome)s smtp_code=%(smtp_code)s duration_ms=%(duration_ms)s",
+        fields,
+        extra={"mail": fields},
     )
 
 
 @shared_task(ignore_result=True)
 def sweep_stale_deliveries() -> dict[str, int]:
     """Re-dispatch outbox rows left pending or sending past their lease (beat)."""
-    report = services.sweep_stale_deliveries()
+    report = sweeper.sweep_stale_deliveries()
     level = (
         logging.WARNING if report.redispatched or report.not_published else logging.INFO
     )

@@ -10,15 +10,26 @@ A client is only a handle on its pool and is safe to share between threads,
 so each channel keeps one for as long as it keeps that pool.
 """
 
+import redis as redis_py
 from kombu.transport import redis
 
 
 class SharedClientMixin:
-    """Hand out one synchronous client per connection pool."""
+    """Hand out one synchronous client per connection pool.
+
+    A channel closed after its connection failed (the consumer restoring its
+    unacknowledged messages while Redis restarts) has no connection info
+    left to build a pool from; kombu then raised AttributeError, which the
+    consumer's ignore_errors() lets through and the worker died of. Raising
+    a connection error instead lets the consumer reconnect; the messages stay
+    in Redis' unacked set, and the lifeline re-dispatches their rows.
+    """
 
     _shared_client = None
 
     def _create_client(self, asynchronous=False):
+        if self.connection.client is None:
+            raise redis_py.ConnectionError("the channel's connection is closed")
         if asynchronous:  # the consumer loop's own BRPOP/SUBSCRIBE client
             return super()._create_client(asynchronous=True)
         client = self._shared_client

@@ -279,7 +279,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_RESULT_BACKEND = (
-    "mailer.results:DatabaseBackend"  # django-db, one upsert per state
+    "mailer.result_backend:DatabaseBackend"  # django-db, one upsert per state
 )
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=7 * 86400)
@@ -309,6 +309,15 @@ CELERY_BEAT_SCHEDULE = {
 
 # Seconds /healthz waits for the database and the broker before answering 503.
 HEALTHZ_TIMEOUT = env.float("HEALTHZ_TIMEOUT", default=1.0)
+
+# --- Metrics ----------------------------------------------------------------
+
+# user:password for GET /metrics (Prometheus' basic_auth). Outside debug an
+# unset login refuses every scrape; in debug it leaves /metrics open.
+METRICS_BASIC_AUTH = env.str("METRICS_BASIC_AUTH", default="")
+# PROMETHEUS_MULTIPROC_DIR (read by prometheus-client from the environment,
+# see project/prometheus.py): one directory per host shared by web and worker
+# processes, emptied before they start; unset, each process counts alone.
 
 # --- Logging ----------------------------------------------------------------
 

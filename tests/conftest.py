@@ -4,7 +4,7 @@ import pytest
 import redis
 from django.db import connection
 
-from mailer import relay
+from mailer import dispatch, relay
 from mailer.smtp import ReusedConnection
 from tests import services
 from tests.support import RedisServer, SmtpServer, WorkerProcess
@@ -16,6 +16,7 @@ def _fresh_smtp_connections():
     yield
     ReusedConnection.close_all()
     relay.forget_belief()
+    dispatch.forget_broker_failure()
 
 
 # Their views count rate limits in Redis: these run with the suite's own.

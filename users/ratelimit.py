@@ -18,6 +18,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.utils.crypto import salted_hmac
 
+from users.metrics import record_rate_limited
+
 logger = logging.getLogger(__name__)
 
 CACHE_ALIAS = "ratelimit"
@@ -94,6 +96,7 @@ def _hit(*, scope: str, by: str, value: str) -> None:
         )
         return
     if count > rate.count:
+        record_rate_limited(scope=scope, by=by)
         raise RateLimited(retry_after)
 
 

@@ -12,7 +12,8 @@ import yaml
 from tests.support import ROOT
 
 # Services that are not this project's image.
-INFRASTRUCTURE = {"redis", "postgres", "mailpit"}
+MONITORING = {"prometheus", "blackbox", "grafana"}
+INFRASTRUCTURE = {"redis", "postgres", "mailpit"} | MONITORING
 
 
 def procfile() -> dict[str, list[str]]:

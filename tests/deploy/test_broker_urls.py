@@ -15,7 +15,7 @@ import redis
 
 from celery_app import app
 from mailer.models import Delivery
-from mailer.services import create_welcome_delivery
+from mailer.outbox import create_welcome_delivery
 from mailer.tasks import send_welcome_email
 from project.redis_transport import transport_for
 from tests.conftest import worker_env

@@ -17,7 +17,7 @@ from celery.bin.celery import celery as celery_cli
 from django.core.management import get_commands, load_command_class
 from gunicorn.config import Config
 
-from tests.deploy.conftest import compose, compose_command, procfile
+from tests.deploy.conftest import INFRASTRUCTURE, compose, compose_command, procfile
 from tests.support import ROOT
 
 APP_PROCESSES = ["web", "worker", "beat", "flower"]
@@ -76,7 +76,7 @@ def commands() -> list[tuple[str, list[str]]]:
     """Every app command: Procfile, compose services and their health checks."""
     found = [(f"Procfile {name}", argv) for name, argv in procfile().items()]
     for name, service in compose()["services"].items():
-        if name in {"redis", "postgres", "mailpit"}:
+        if name in INFRASTRUCTURE:
             continue
         found.append((f"compose {name}", compose_command(service)))
         test = service.get("healthcheck", {}).get("test", [])

@@ -49,3 +49,18 @@ def test_a_channel_keeps_one_client_until_it_drops_its_pool(redis_server):
         assert renewed is not first
         assert renewed.connection_pool is channel.pool
         assert renewed.ping()
+
+
+def test_a_channel_closed_after_its_broker_went_away_fails_as_a_connection_error(
+    redis_server,
+):
+    # Celery's consumer closes the channel with kombu's ignore_errors(), which
+    # swallows connection errors only: an AttributeError here killed workers
+    # when Redis restarted with messages unacknowledged (kombu #582, #970).
+    connection = app.connection_for_write()
+    channel = connection.default_channel
+    channel._disconnect_pools()
+    channel.connection.client = None  # the transport, detached from its Connection
+
+    with pytest.raises(tuple(connection.connection_errors)):
+        channel._create_client()

@@ -17,7 +17,7 @@ from django_celery_results.models import TaskResult
 
 from celery_app import app
 from mailer.models import Delivery
-from mailer.services import create_welcome_delivery
+from mailer.outbox import create_welcome_delivery
 from mailer.tasks import send_welcome_email
 from tests.conftest import worker_env
 from tests.factories import UserFactory

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from mailer.models import Delivery
-from mailer.services import sweep_stale_deliveries
+from mailer.sweeper import sweep_stale_deliveries
 from tests.conftest import worker_env
 from tests.factories import DeliveryFactory
 from tests.support import (
@@ -148,7 +148,7 @@ def test_a_sweep_that_cannot_publish_leaves_the_row_due_as_it_was(private_redis)
     delivery = DeliveryFactory(user__email="later@example.com", lease_expires_at=due)
     env = worker_env(REDIS_URL=private_redis.url)  # never started: nothing listens
     code = (
-        "from mailer.services import sweep_stale_deliveries; "
+        "from mailer.sweeper import sweep_stale_deliveries; "
         "print(sweep_stale_deliveries())"
     )
 

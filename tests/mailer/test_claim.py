@@ -1,6 +1,6 @@
 import pytest
 
-from mailer import services
+from mailer import claims
 from mailer.models import Delivery
 from tests.factories import DeliveryFactory
 from users.tokens import make_activation_token, read_activation_token
@@ -14,7 +14,7 @@ def delivery():
 
 
 def test_claim_returns_the_row_with_its_user_and_marks_it_sending(delivery):
-    claimed = services.claim_delivery(delivery_id=delivery.pk, task_id="first")
+    claimed = claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
 
     assert claimed.pk == delivery.pk
     assert (claimed.kind, claimed.message_id) == (delivery.kind, delivery.message_id)
@@ -36,15 +36,15 @@ def test_claim_returns_the_row_with_its_user_and_marks_it_sending(delivery):
 
 
 def test_second_claim_of_one_row_gets_nothing(delivery):
-    services.claim_delivery(delivery_id=delivery.pk, task_id="first")
+    claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
 
-    assert services.claim_delivery(delivery_id=delivery.pk, task_id="second") is None
+    assert claims.claim_delivery(delivery_id=delivery.pk, task_id="second") is None
     delivery.refresh_from_db()
     assert (delivery.task_id, delivery.attempts) == ("first", 1)
 
 
 def test_activation_link_from_a_claimed_row_names_its_user(delivery):
-    claimed = services.claim_delivery(delivery_id=delivery.pk, task_id="first")
+    claimed = claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
 
     token = make_activation_token(claimed.user)
 

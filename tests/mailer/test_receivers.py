@@ -3,11 +3,12 @@ from unittest import mock
 import pytest
 from django.core import management
 from django.db import transaction
+from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from mailer.models import Delivery
 from users.models import User
-from users.services import register_user
+from users.services import EmailAlreadyRegistered, register_user
 
 pytestmark = pytest.mark.django_db
 
@@ -17,8 +18,8 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture
 def published():
     """Task ids the on-commit dispatch published (broker call replaced)."""
-    with mock.patch("mailer.tasks.send_welcome_email.apply_async") as apply_async:
-        yield apply_async
+    with mock.patch("celery_app.app.send_task") as send_task:
+        yield send_task
 
 
 def test_registration_writes_one_pending_row_and_dispatches_it_on_commit(
@@ -31,7 +32,9 @@ def test_registration_writes_one_pending_row_and_dispatches_it_on_commit(
     assert delivery.status == Delivery.Status.PENDING
     assert delivery.kind == Delivery.Kind.WELCOME
     assert len(callbacks) == 1
-    published.assert_called_once_with(args=(delivery.pk,), task_id=delivery.task_id)
+    published.assert_called_once_with(
+        "mailer.tasks.send_welcome_email", args=(delivery.pk,), task_id=delivery.task_id
+    )
 
 
 def test_rolled_back_registration_leaves_no_row_and_dispatches_nothing(
@@ -81,10 +84,42 @@ def test_broker_error_after_commit_is_logged_not_raised(
     django_capture_on_commit_callbacks, caplog
 ):
     refused = OperationalError("Error 111 connecting to 127.0.0.1:6379.")
-    with mock.patch("mailer.tasks.send_welcome_email.apply_async", side_effect=refused):
+    with mock.patch("celery_app.app.send_task", side_effect=refused):
         with django_capture_on_commit_callbacks(execute=True):
             user = register_user(email="ada@example.com", password=PASSWORD)
 
     assert Delivery.objects.get(user=user).status == Delivery.Status.PENDING
     assert f"Dispatch of delivery {user.deliveries.get().pk} failed" in caplog.text
     assert "Error 111" in caplog.text
+
+
+def test_a_repeated_registration_publishes_the_notice_under_its_own_task(
+    django_capture_on_commit_callbacks, published
+):
+    register_user(email="ada@example.com", password=PASSWORD)
+    published.reset_mock()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        with pytest.raises(EmailAlreadyRegistered):
+            register_user(email="ada@example.com", password=PASSWORD)
+
+    notice = Delivery.objects.get(kind=Delivery.Kind.ACCOUNT_EXISTS)
+    published.assert_called_once_with(
+        "mailer.tasks.send_account_mail", args=(notice.pk,), task_id=notice.task_id
+    )
+
+
+def test_after_a_broker_error_the_next_registrations_skip_the_broker_and_stay_due(
+    django_capture_on_commit_callbacks,
+):
+    refused = OperationalError("Error 111 connecting to 127.0.0.1:6379.")
+    with mock.patch("celery_app.app.send_task", side_effect=refused) as send_task:
+        with django_capture_on_commit_callbacks(execute=True):
+            register_user(email="first@example.com", password=PASSWORD)
+        with django_capture_on_commit_callbacks(execute=True):
+            second = register_user(email="second@example.com", password=PASSWORD)
+
+    assert send_task.call_count == 1  # the second answered without waiting
+    row = Delivery.objects.get(user=second)
+    assert row.status == Delivery.Status.PENDING
+    assert row.lease_expires_at <= timezone.now()  # due: the lifeline publishes it

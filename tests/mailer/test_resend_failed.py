@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from mailer import services
+from mailer import rerun
 from mailer.models import Delivery
 from tests.factories import DeliveryFactory
 
@@ -43,7 +43,7 @@ def test_dry_run_lists_failed_rows_with_their_smtp_reason_and_changes_nothing():
 
     output = resend_failed("--dry-run")
 
-    assert f"Delivery {row.pk} <gone@example.com>" in output
+    assert f"Delivery {row.pk} (welcome) <gone@example.com>" in output
     assert "550 5.1.1 Mailbox does not exist" in output
     assert f"task {row.task_id}: SMTPRecipientsRefused: 550 no" in output
     assert "Dry run: Would rerun 1 failed deliveries (1 with a failed task" in output
@@ -120,7 +120,7 @@ def test_nothing_failed_means_nothing_to_do():
 
 def listed(rows: list[Delivery]) -> list:
     """The rows as resend_failed lists them before it marks them."""
-    return services._failed_deliveries(
+    return rerun._failed_deliveries(
         Delivery.objects.filter(pk__in=[row.pk for row in rows]).order_by("pk")
     )
 
@@ -132,10 +132,12 @@ def test_marking_a_batch_for_rerun_gives_each_row_a_new_task_id_in_a_few_queries
     batch = listed(rows)
 
     with django_assert_max_num_queries(6):  # not one UPDATE per row
-        jobs = services._mark_for_rerun(batch)
+        jobs = rerun._mark_for_rerun(batch)
 
-    assert [(pk, old) for pk, _, old in jobs] == [(r.pk, r.task_id) for r in rows]
-    new_ids = {pk: new for pk, new, _ in jobs}
+    assert [(j.job.delivery_id, j.old_task_id) for j in jobs] == [
+        (r.pk, r.task_id) for r in rows
+    ]
+    new_ids = {j.job.delivery_id: j.job.task_id for j in jobs}
     assert len(set(new_ids.values()) | {r.task_id for r in rows}) == 80
     for fresh in Delivery.objects.filter(pk__in=new_ids):
         assert fresh.status == Delivery.Status.PENDING
@@ -148,8 +150,8 @@ def test_a_row_that_stopped_being_failed_after_listing_is_not_marked_for_rerun()
     batch = listed([kept, taken])
     Delivery.objects.filter(pk=taken.pk).update(status=Delivery.Status.SENT)
 
-    jobs = services._mark_for_rerun(batch)
+    jobs = rerun._mark_for_rerun(batch)
 
-    assert [pk for pk, _, _ in jobs] == [kept.pk]
+    assert [j.job.delivery_id for j in jobs] == [kept.pk]
     fresh = Delivery.objects.get(pk=taken.pk)
     assert (fresh.status, fresh.task_id) == (Delivery.Status.SENT, taken.task_id)

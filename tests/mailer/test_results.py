@@ -8,7 +8,7 @@ from django_celery_results.backends import DatabaseBackend as StockDatabaseBacke
 from django_celery_results.models import TaskResult
 
 from celery_app import app
-from mailer import results
+from mailer import result_backend, results
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +61,7 @@ def row(task_id: str) -> dict:
 
 
 def test_the_configured_backend_writes_through_the_upsert_manager():
-    assert isinstance(app.backend, results.DatabaseBackend)
+    assert isinstance(app.backend, result_backend.DatabaseBackend)
     manager = app.backend.TaskModel._default_manager
     assert isinstance(manager, results.UpsertTaskResultManager)
     assert app.backend.TaskModel._meta.db_table == TaskResult._meta.db_table

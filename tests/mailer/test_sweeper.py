@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from mailer.models import Delivery
-from mailer.services import sweep_stale_deliveries
+from mailer.sweeper import sweep_stale_deliveries
 from mailer.tasks import sweep_stale_deliveries as sweep_task
 from tests.factories import DeliveryFactory
 

@@ -3,7 +3,7 @@ from unittest import mock
 import pytest
 from django.db import OperationalError
 
-from mailer import services
+from mailer import claims
 from mailer.models import Delivery
 from mailer.tasks import send_welcome_email
 from tests.factories import DeliveryFactory
@@ -16,7 +16,7 @@ def test_claim_that_hits_a_database_error_is_retried_then_sends_once(
 ):
     settings.MAILER_RETRY_BACKOFF = 0.01
     delivery = DeliveryFactory()
-    claim = services.claim_delivery
+    claim = claims.claim_delivery
     outage = [OperationalError("database is locked")] * 2
 
     def flaky_claim(**kwargs):
@@ -24,7 +24,7 @@ def test_claim_that_hits_a_database_error_is_retried_then_sends_once(
             raise outage.pop()
         return claim(**kwargs)
 
-    with mock.patch.object(services, "claim_delivery", side_effect=flaky_claim):
+    with mock.patch.object(claims, "claim_delivery", side_effect=flaky_claim):
         result = send_welcome_email.apply(args=(delivery.pk,))
 
     assert result.get() == "sent"
@@ -37,7 +37,7 @@ def test_claim_that_hits_a_database_error_is_retried_then_sends_once(
 def test_recording_a_sent_mail_rides_out_a_short_database_error(settings, mailoutbox):
     settings.MAILER_STALE_AFTER = 10
     delivery = DeliveryFactory()
-    mark_sent = services.mark_sent
+    mark_sent = claims.mark_sent
     outage = [OperationalError("server closed the connection unexpectedly")]
 
     def flaky_mark_sent(**kwargs):
@@ -45,7 +45,7 @@ def test_recording_a_sent_mail_rides_out_a_short_database_error(settings, mailou
             raise outage.pop()
         return mark_sent(**kwargs)
 
-    with mock.patch.object(services, "mark_sent", side_effect=flaky_mark_sent):
+    with mock.patch.object(claims, "mark_sent", side_effect=flaky_mark_sent):
         result = send_welcome_email.apply(args=(delivery.pk,))
 
     assert result.get() == "sent"

@@ -4,7 +4,7 @@ import pytest
 
 from mailer.attempts import retry_countdown
 from mailer.models import Delivery, RelayState
-from mailer.tasks import send_welcome_email
+from mailer.tasks import send_account_mail, send_welcome_email
 from tests.factories import DeliveryFactory
 
 pytestmark = pytest.mark.django_db
@@ -165,3 +165,19 @@ def test_one_smtp_connection_is_reused_across_sends(smtp, real_smtp):
 
     assert len(smtp.received) == 3
     assert smtp.connections == 1
+
+
+def test_a_notice_queued_under_the_welcome_task_name_is_still_sent(mailoutbox):
+    notice = DeliveryFactory(kind=Delivery.Kind.ACCOUNT_EXISTS)
+
+    assert send_welcome_email.apply(args=(notice.pk,)).get() == "sent"
+    [mail] = mailoutbox
+    assert mail.subject == "You already have an account"
+
+
+def test_account_mail_task_sends_a_new_activation_link(mailoutbox):
+    resend = DeliveryFactory(kind=Delivery.Kind.ACTIVATION)
+
+    assert send_account_mail.apply(args=(resend.pk,)).get() == "sent"
+    [mail] = mailoutbox
+    assert mail.subject == "Your new activation link"

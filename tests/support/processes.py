@@ -47,7 +47,11 @@ class ProjectProcess:
 
     Started as `python -m <args>` from the repository root, logged to a file,
     ready once `ready` appears in the log, stopped (or killed) by its pid.
+    With `new_session` set it leads its own process group, so a fault can
+    signal the whole group (os.killpg) without reaching the test process.
     """
+
+    new_session: bool = False
 
     def __init__(
         self,
@@ -75,6 +79,7 @@ class ProjectProcess:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
         )
         log.close()
         wait_until(self._ready, timeout=timeout, what=f"{self.name} ready")

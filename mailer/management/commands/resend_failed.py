@@ -1,4 +1,4 @@
-"""Rerun failed welcome mails: `python manage.py resend_failed`."""
+"""Rerun failed mails of every kind: `python manage.py resend_failed`."""
 
 import re
 import sys
@@ -9,8 +9,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from mailer.services import (
-    BrokerUnreachable,
+from mailer.dispatch import BrokerUnreachable
+from mailer.models import Delivery
+from mailer.rerun import (
     FailedDelivery,
     ResendInterrupted,
     ResendReport,
@@ -24,8 +25,9 @@ UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 class Command(BaseCommand):
     help = (
-        "Rerun failed welcome mails: every failed outbox row, or those chosen "
-        "with --id/--since/--limit. Sent rows are never resent."
+        "Rerun failed mails (welcome mails, account-exists notices, new "
+        "activation links): every failed outbox row, or those chosen with "
+        "--id/--since/--limit. Sent rows are never resent."
     )
 
     def add_arguments(self, parser):
@@ -146,7 +148,8 @@ def reason_of(row: FailedDelivery) -> str:
 
 def describe(row: FailedDelivery) -> str:
     line = (
-        f"Delivery {row.delivery_id} <{row.email}> failed "
+        f"Delivery {row.delivery_id} ({Delivery.Kind(row.kind).label.lower()}) "
+        f"<{row.email}> failed "
         f"{row.failed_at:%Y-%m-%d %H:%M:%S}: {reason_of(row)}"
     )
     if row.task_result:

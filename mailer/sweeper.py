@@ -1,0 +1,133 @@
+"""The sweeper: publish again what was left behind (beat and every lifeline)."""
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+from django.db import transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from mailer import metrics
+from mailer.dispatch import PublishJob, publish_deliveries
+from mailer.leases import stale_after
+from mailer.models import Delivery
+
+logger = logging.getLogger(__name__)
+
+
+SWEEP_BATCH_SIZE = 500
+
+
+class TakenRow(NamedTuple):
+    """A due row taken by a sweep: what to publish, and what to put back."""
+
+    job: PublishJob
+    old_lease: datetime
+    old_task_id: str
+
+
+@dataclass
+class SweepReport:
+    """What one sweep found and did."""
+
+    reclaimed: int = 0
+    redispatched: list[int] = field(default_factory=list)
+    not_published: list[int] = field(default_factory=list)
+
+
+def sweep_stale_deliveries(
+    *, batch_size: int = SWEEP_BATCH_SIZE, max_batches: int = 10
+) -> SweepReport:
+    """Re-dispatch rows left pending or sending past their lease.
+
+    A sending row past its lease belongs to an attempt that died (its hard
+    time limit is shorter than the lease): it goes back to pending first. A
+    pending row past its lease lost its message (broker down at commit,
+    Redis restarted, a retry publish dropped). Each gets a new task id and a
+    lease pushed MAILER_STALE_AFTER ahead, so the next sweep leaves it
+    alone; the claim keeps a late original and the new copy from both
+    sending. Works in batches of `batch_size`, at most `max_batches`.
+    """
+    report = SweepReport()
+    for _ in range(max_batches):
+        report.reclaimed += _reclaim_dead_attempts(limit=batch_size)
+        taken = _lease_due_deliveries(limit=batch_size)
+        if taken:
+            try:
+                publish_deliveries([row.job for row in taken])
+            except Exception as error:  # noqa: BLE001 - due again for the next sweep
+                logger.warning(
+                    "Sweep could not publish %d deliveries: %r", len(taken), error
+                )
+                _release_leases(taken)
+                report.not_published.extend(row.job.delivery_id for row in taken)
+                break
+            report.redispatched.extend(row.job.delivery_id for row in taken)
+        if len(taken) < batch_size:
+            break
+    metrics.record_sweep(
+        reclaimed=report.reclaimed,
+        redispatched=len(report.redispatched),
+        not_published=len(report.not_published),
+    )
+    return report
+
+
+def _reclaim_dead_attempts(*, limit: int) -> int:
+    """Move sending rows whose lease has passed back to pending."""
+    dead = Delivery.objects.filter(
+        status=Delivery.Status.SENDING, lease_expires_at__lt=Now()
+    )
+    ids = list(dead.order_by("lease_expires_at").values_list("pk", flat=True)[:limit])
+    if not ids:
+        return 0
+    return dead.filter(pk__in=ids).update(
+        status=Delivery.Status.PENDING, updated_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def _lease_due_deliveries(*, limit: int) -> list[TakenRow]:
+    """Give due pending rows a new task id and lease; return the rows taken.
+
+    Each row is taken with a compare-and-set on its old task id, so of two
+    sweeps running at once only one takes it.
+    """
+    due = Delivery.objects.filter(
+        status=Delivery.Status.PENDING, lease_expires_at__lt=Now()
+    ).order_by("lease_expires_at")
+    now = timezone.now()
+    lease = Now() + stale_after()
+    taken = []
+    rows = due.values_list("pk", "kind", "lease_expires_at", "task_id")[:limit]
+    for pk, kind, old_lease, old_task_id in rows:
+        task_id = str(uuid.uuid4())
+        moved = Delivery.objects.filter(
+            pk=pk,
+            status=Delivery.Status.PENDING,
+            task_id=old_task_id,
+            lease_expires_at__lt=Now(),
+        ).update(
+            task_id=task_id,
+            waiting_for_relay=False,
+            lease_expires_at=lease,
+            updated_at=now,
+        )
+        if moved:
+            taken.append(
+                TakenRow(PublishJob(pk, task_id, kind), old_lease, old_task_id)
+            )
+    return taken
+
+
+def _release_leases(taken: list[TakenRow]) -> None:
+    """Make rows whose publish failed due again, unless a worker took them."""
+    for row in taken:
+        Delivery.objects.filter(
+            pk=row.job.delivery_id,
+            status=Delivery.Status.PENDING,
+            task_id=row.job.task_id,
+        ).update(lease_expires_at=row.old_lease, task_id=row.old_task_id)

@@ -1,0 +1,198 @@
+"""The checker on made-up runs: it must flag what a soak must never show."""
+
+from tests.soak.checker import WelcomeRow, by_kind, check, percentile
+from tests.soak.faults import AppliedFault, FaultKind, PlannedFault
+from tests.soak.load import Registration
+from tests.soak.relay import Accepted
+
+WORKER = 4242
+
+
+def registration(email: str, answered_at: float) -> Registration:
+    return Registration(email, answered_at - 0.05, answered_at, 202)
+
+
+def row(email: str, status: str = "sent", created_at: float = 0.0) -> WelcomeRow:
+    return WelcomeRow(email, f"<{email}>", status, 1, created_at)
+
+
+def mail(email: str, at: float, pid: int | None = WORKER) -> Accepted:
+    return Accepted(f"<{email}>", email, at, 1_700_000_000 + at, pid)
+
+
+def fault(
+    kind: FaultKind, started: float, ended: float, *, number: int = 1, pid=None
+) -> AppliedFault:
+    applied = AppliedFault(PlannedFault(number, kind, started, ended - started))
+    applied.pid = pid
+    applied.abrupt = kind in (FaultKind.WORKER_KILL, FaultKind.WORKER_FREEZE)
+    applied.started, applied.ended = started, ended
+    applied.started_wall = 1_700_000_000 + started
+    applied.ended_wall = 1_700_000_000 + ended
+    return applied
+
+
+def test_one_mail_each_passes_with_latency_from_the_202():
+    verdict = check(
+        registrations=[registration("a@x", 1.0), registration("b@x", 2.0)],
+        rows=[row("a@x"), row("b@x")],
+        accepted=[mail("a@x", 1.5), mail("b@x", 3.0)],
+        faults=[],
+    )
+
+    assert verdict.ok
+    assert (verdict.registered, verdict.delivered, verdict.exactly_once) == (2, 2, 2)
+    assert verdict.latency == {"p50": 0.5, "p99": 1.0, "max": 1.0}
+
+
+def test_a_registered_address_without_a_mail_fails_as_missing():
+    verdict = check(
+        registrations=[registration("a@x", 1.0), registration("b@x", 2.0)],
+        rows=[row("a@x"), row("b@x", status="failed")],
+        accepted=[mail("a@x", 1.5)],
+        faults=[],
+    )
+
+    assert not verdict.ok
+    assert [(m.email, m.status) for m in verdict.missing] == [("b@x", "failed")]
+
+
+def test_a_user_row_without_a_202_still_owes_a_mail():
+    verdict = check(
+        registrations=[Registration("a@x", 1.0, 31.0, None, "TimeoutError")],
+        rows=[row("a@x", status="pending")],
+        accepted=[],
+        faults=[],
+    )
+
+    assert not verdict.ok
+    assert verdict.missing[0].answered is None
+
+
+def test_a_202_without_a_user_row_is_missing_too():
+    verdict = check(
+        registrations=[registration("a@x", 1.0)], rows=[], accepted=[], faults=[]
+    )
+
+    assert [m.last_error for m in verdict.missing] == ["no user row"]
+
+
+def test_a_duplicate_with_no_kill_after_the_250_is_outside_the_window():
+    verdict = check(
+        registrations=[registration("a@x", 1.0)],
+        rows=[row("a@x")],
+        accepted=[mail("a@x", 2.0), mail("a@x", 30.0, pid=99)],
+        faults=[fault(FaultKind.RELAY_DEFER_421, 5.0, 20.0)],
+    )
+
+    assert not verdict.ok
+    (duplicate,) = verdict.duplicates
+    assert duplicate.message_id == "<a@x>"
+    assert not duplicate.in_window
+    assert "no kill or freeze" in duplicate.explanation
+
+
+def test_a_kill_of_the_sending_worker_after_the_250_is_the_documented_window():
+    verdict = check(
+        registrations=[registration("a@x", 1.0)],
+        rows=[row("a@x")],
+        accepted=[mail("a@x", 2.0), mail("a@x", 30.0, pid=99)],
+        faults=[fault(FaultKind.WORKER_KILL, 2.01, 6.0, pid=WORKER)],
+    )
+
+    assert verdict.ok
+    assert verdict.duplicates[0].in_window
+
+
+def test_a_kill_of_another_worker_does_not_excuse_a_duplicate():
+    verdict = check(
+        registrations=[registration("a@x", 1.0)],
+        rows=[row("a@x")],
+        accepted=[mail("a@x", 2.0), mail("a@x", 30.0, pid=99)],
+        faults=[fault(FaultKind.WORKER_KILL, 2.01, 6.0, pid=WORKER + 1)],
+    )
+
+    assert not verdict.ok
+
+
+def test_a_kill_before_the_250_does_not_excuse_a_duplicate():
+    verdict = check(
+        registrations=[registration("a@x", 1.0)],
+        rows=[row("a@x")],
+        accepted=[mail("a@x", 2.0), mail("a@x", 30.0, pid=99)],
+        faults=[fault(FaultKind.WORKER_FREEZE, 1.5, 6.0, pid=WORKER)],
+    )
+
+    assert not verdict.duplicates[0].in_window
+
+
+def test_a_second_message_id_to_one_address_is_unexpected():
+    other = Accepted("<other>", "a@x", 3.0, 1_700_000_003.0, WORKER)
+    verdict = check(
+        registrations=[registration("a@x", 1.0)],
+        rows=[row("a@x")],
+        accepted=[mail("a@x", 2.0), other],
+        faults=[],
+    )
+
+    assert not verdict.ok
+    assert verdict.unexpected == ["a@x: Message-ID <other>, its row has <a@x>"]
+
+
+def test_recovery_counts_from_the_fault_end_to_the_last_held_mail():
+    redis_down = fault(FaultKind.REDIS_DOWN, 10.0, 20.0)
+    verdict = check(
+        registrations=[
+            registration("before@x", 5.0),  # delivered before the fault
+            registration("held1@x", 12.0),
+            registration("held2@x", 15.0),
+            registration("after@x", 25.0),  # committed after it ended
+        ],
+        rows=[row(e) for e in ("before@x", "held1@x", "held2@x", "after@x")],
+        accepted=[
+            mail("before@x", 5.2),
+            mail("held1@x", 21.0),
+            mail("held2@x", 23.5),
+            mail("after@x", 40.0),
+        ],
+        faults=[redis_down],
+    )
+
+    (recovery,) = verdict.recoveries
+    assert (recovery.held, recovery.seconds, recovery.never_delivered) == (2, 3.5, 0)
+
+
+def test_overlapping_faults_give_a_held_mail_to_the_last_ending_one():
+    relay = fault(FaultKind.RELAY_REFUSE, 10.0, 30.0, number=1)
+    kill = fault(FaultKind.WORKER_KILL, 12.0, 18.0, number=2, pid=WORKER)
+    verdict = check(
+        registrations=[registration("a@x", 11.0), registration("b@x", 20.0)],
+        rows=[row("a@x"), row("b@x")],
+        accepted=[mail("a@x", 33.0), mail("b@x", 31.0)],
+        faults=[relay, kill],
+    )
+
+    first, second = verdict.recoveries
+    assert (first.held, first.seconds, first.overlapping) == (2, 3.0, [2])
+    assert (second.held, second.seconds) == (0, None)
+    summary = {s.kind: s for s in by_kind(verdict.recoveries)}
+    assert summary[FaultKind.RELAY_REFUSE].worst == 3.0
+
+
+def test_a_mail_never_delivered_counts_against_the_fault_that_held_it():
+    verdict = check(
+        registrations=[registration("a@x", 11.0)],
+        rows=[row("a@x", status="sending")],
+        accepted=[],
+        faults=[fault(FaultKind.WORKER_KILL, 12.0, 18.0, pid=WORKER)],
+    )
+
+    assert verdict.recoveries[0].never_delivered == 1
+    assert not verdict.ok
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(n) for n in range(1, 101)]
+
+    assert (percentile(values, 50), percentile(values, 99)) == (50.0, 99.0)
+    assert percentile([], 50) is None
