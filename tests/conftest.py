@@ -19,6 +19,17 @@ def _fresh_smtp_connections():
     dispatch.forget_broker_failure()
 
 
+# Their views count rate limits in Redis: these run with the suite's own.
+RATE_LIMITED_TESTS = {"users", "security"}
+
+
+@pytest.fixture(autouse=True)
+def _rate_limits_counted_in_redis(request):
+    """Rate limits in tests/users and tests/security use the suite's redis-server."""
+    if request.path.parent.name in RATE_LIMITED_TESTS:
+        request.getfixturevalue("redis_server")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_rate_limits():
     """Rate-limit counts of one test do not limit the next (when Redis runs)."""

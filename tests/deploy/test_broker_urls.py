@@ -20,8 +20,14 @@ from mailer.tasks import send_welcome_email
 from project.redis_transport import transport_for
 from tests.conftest import worker_env
 from tests.factories import UserFactory
-from tests.services import free_port
-from tests.support import RedisServer, WorkerProcess, stop_process, wait_until
+from tests.support import (
+    RedisServer,
+    WorkerProcess,
+    free_port,
+    stop_process,
+    wait_for_delivery,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -48,12 +54,7 @@ def send_one_mail_through(url: str, *, address: str, **transport_options) -> Non
             task_id=delivery.task_id,
             producer=app.amqp.Producer(conn),
         )
-    wait_until(
-        lambda: Delivery.objects.get(pk=delivery.pk).status == "sent",
-        timeout=30,
-        interval=0.2,
-        what="delivery sent",
-    )
+    wait_for_delivery(email=address, status=Delivery.Status.SENT, timeout=30)
 
 
 def start_worker(processes, tmp_path: Path, **env: str) -> WorkerProcess:

@@ -14,8 +14,7 @@ from tests.deploy.conftest import (
     compose_command,
     env_example_names,
 )
-from tests.services import free_port
-from tests.support import ROOT, stop_process, wait_until
+from tests.support import ROOT, free_port, stop_process, wait_until
 
 SERVICES = {"migrate", "web", "worker", "beat", "flower"} | INFRASTRUCTURE
 # Compose builds these from its own redis and postgres services.

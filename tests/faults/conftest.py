@@ -7,23 +7,23 @@ when the test ends, whatever happened.
 
 import json
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import worker_env
-from tests.services import free_port
 from tests.support import (
     ROOT,
     BeatProcess,
     GunicornProcess,
+    HttpClient,
     RedisServer,
     SilentSmtpServer,
     SmtpServer,
     WorkerProcess,
+    free_port,
+    register,
 )
 
 # Short, fast versions of the production timings, so a test sees several
@@ -42,7 +42,6 @@ FAULT_ENV = {
     "RATELIMIT_REGISTER_IP": "100000/h",
 }
 
-PASSWORD = "correct horse battery staple"
 RESULTS = ROOT / "var" / "fault-matrix.json"
 
 
@@ -57,7 +56,7 @@ class FaultStack:
     smtp: SmtpServer | None = None
     silent: SilentSmtpServer | None = None
     web: GunicornProcess | None = None
-    web_port: int = 0
+    http: HttpClient | None = None
     beat: BeatProcess | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
 
@@ -77,10 +76,11 @@ class FaultStack:
         return self.silent
 
     def start_web(self) -> GunicornProcess:
-        self.web_port = free_port()
+        port = free_port()
         self.web = GunicornProcess(
-            env=self.env, port=self.web_port, log_path=self.log_dir / "web.log"
+            env=self.env, port=port, log_path=self.log_dir / "web.log"
         ).start()
+        self.http = HttpClient(f"http://127.0.0.1:{port}")
         return self.web
 
     def start_worker(self, name: str = "fault", **options) -> WorkerProcess:
@@ -100,27 +100,13 @@ class FaultStack:
 
     def register(self, email: str) -> tuple[int, float]:
         """POST /api/register on the real web process; return status and seconds."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.web_port}/api/register",
-            data=json.dumps({"email": email, "password": PASSWORD}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
         started = time.monotonic()
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status = response.status
-        except urllib.error.HTTPError as error:
-            status = error.code
-        return status, time.monotonic() - started
+        response = register(self.http, email)
+        return response.status_code, time.monotonic() - started
 
     def get(self, path: str) -> tuple[int, dict]:
-        url = f"http://127.0.0.1:{self.web_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+        response = self.http.get(path)
+        return response.status_code, response.json()
 
     def queued_tasks(self) -> dict[str, set[str]]:
         """Task ids per send-task argument held in Redis (queued or unacked).

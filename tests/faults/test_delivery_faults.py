@@ -15,7 +15,7 @@ from celery_app import app
 from mailer.models import Delivery
 from mailer.tasks import send_welcome_email
 from tests.factories import DeliveryFactory
-from tests.support import wait_until
+from tests.support import wait_for_delivery, wait_until
 from users.models import User
 from users.services import register_user
 
@@ -38,11 +38,7 @@ def test_one_message_delivered_six_times_to_two_racing_workers_sends_one_mail(
                 args=(delivery.pk,), task_id=task_id, connection=connection
             )
 
-    wait_until(
-        lambda: Delivery.objects.filter(pk=delivery.pk, status="sent").exists(),
-        timeout=20,
-        what="row marked sent",
-    )
+    wait_for_delivery(email=email, status="sent")
     wait_until(lambda: not fault_stack.queued_tasks(), timeout=20, what="queue drained")
     skipped = sum(w.log().count("outcome=skipped") for w in fault_stack.workers)
     ran_on = [w.name for w in fault_stack.workers if "outcome=" in w.log()]
@@ -143,11 +139,7 @@ def test_database_outage_in_the_worker_is_retried_and_nothing_is_marked_unsent(
         assert smtp.received == []
     retries = worker.log().count("outcome=database-retry")
 
-    wait_until(
-        lambda: Delivery.objects.filter(pk=delivery.pk, status="sent").exists(),
-        timeout=20,
-        what="row marked sent after the outage",
-    )
+    wait_for_delivery(email=email, status="sent")
     assert len(smtp.mails_to(email)) == 1
     assert Delivery.objects.get(pk=delivery.pk).attempts == 1
     record(

@@ -6,21 +6,9 @@ import sys
 import pytest
 
 from mailer.models import Delivery
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, wait_for_delivery, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
-
-
-def wait_all_sent(emails: list[str], timeout: float = 40) -> None:
-    wait_until(
-        lambda: (
-            Delivery.objects.filter(user__email__in=emails, status="sent").count()
-            == len(emails)
-        ),
-        timeout=timeout,
-        interval=0.2,
-        what=f"{len(emails)} rows sent",
-    )
 
 
 def copies(smtp, emails: list[str]) -> list[int]:
@@ -49,7 +37,8 @@ def test_registrations_while_redis_is_down_answer_at_once_and_mail_arrives_later
     )
 
     fault_stack.redis.start()  # same port, empty
-    wait_all_sent(emails)
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=40)
 
     assert copies(smtp, emails) == [1] * 5
     record(
@@ -77,7 +66,8 @@ def test_redis_restart_that_loses_queued_tasks_is_recovered_by_the_sweeper(
     assert fault_stack.redis.client().llen("celery") == 0
     fault_stack.start_worker()
     fault_stack.start_beat()
-    wait_all_sent(emails)
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=40)
 
     assert copies(smtp, emails) == [1] * 5
     record(
@@ -105,7 +95,7 @@ def test_worker_killed_while_its_smtp_session_stalls_mail_arrives_once(
     worker.kill()
     smtp.script.rcpt_delay = 0
     fault_stack.start_worker("replacement")
-    wait_all_sent([email])
+    wait_for_delivery(email=email, status="sent", timeout=40)
 
     assert copies(smtp, [email]) == [1]
     record(
@@ -133,7 +123,7 @@ def test_worker_killed_after_the_relay_accepted_sends_at_most_one_extra_copy(
     worker.kill()
     smtp.script.delay = 0
     fault_stack.start_worker("replacement")
-    wait_all_sent([email])
+    wait_for_delivery(email=email, status="sent", timeout=40)
 
     row = Delivery.objects.get(user__email=email)
     mails = smtp.mails_to(email)
@@ -161,11 +151,7 @@ def test_permanent_refusal_fails_at_once_and_resend_failed_delivers_once(
     fault_stack.start_worker()
 
     assert fault_stack.register(email)[0] == 202
-    row = wait_until(
-        lambda: Delivery.objects.filter(user__email=email, status="failed").first(),
-        timeout=20,
-        what="row failed",
-    )
+    row = wait_for_delivery(email=email, status="failed")
     assert (row.smtp_code, row.attempts) == (550, 1)
     assert "Mailbox unavailable" in row.last_error
     assert smtp.attempts[email] == 1
@@ -179,7 +165,7 @@ def test_permanent_refusal_fails_at_once_and_resend_failed_delivers_once(
         timeout=60,
     )
     assert rerun.returncode == 0, rerun.stderr
-    wait_all_sent([email], timeout=20)
+    wait_for_delivery(email=email, status="sent")
 
     assert len(smtp.mails_to(email)) == 1
     record(

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from mailer.models import Delivery
-from tests.support import wait_until
+from tests.support import wait_for_delivery, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
@@ -20,18 +20,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 def register_all(stack, emails: list[str]) -> None:
     for email in emails:
         assert stack.register(email)[0] == 202
-
-
-def wait_sent(emails: list[str], timeout: float) -> None:
-    wait_until(
-        lambda: (
-            Delivery.objects.filter(user__email__in=emails, status="sent").count()
-            == len(emails)
-        ),
-        timeout=timeout,
-        interval=0.1,
-        what=f"{len(emails)} rows sent",
-    )
 
 
 def recovery(smtp, emails: list[str], *, fault_ended: float) -> float:
@@ -60,7 +48,8 @@ def test_worker_killed_mid_send_its_mails_go_out_within_15s_of_a_new_worker(
     smtp.script.rcpt_delay = 0
     default_stack.start_worker("replacement")
     fault_ended = time.monotonic()
-    wait_sent(emails, timeout=30)
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=30)
 
     took = recovery(smtp, emails, fault_ended=fault_ended)
     assert copies(smtp, emails) == [1, 1, 1]
@@ -93,7 +82,8 @@ def test_frozen_worker_is_taken_over_within_30s_and_sends_no_copy_when_resumed(
     os.kill(frozen.process.pid, signal.SIGSTOP)
     froze_at = time.monotonic()
     try:
-        wait_sent(emails, timeout=40)
+        for email in emails:
+            wait_for_delivery(email=email, status="sent", timeout=40)
         took = recovery(smtp, emails, fault_ended=froze_at)
     finally:
         os.kill(frozen.process.pid, signal.SIGCONT)
@@ -127,7 +117,8 @@ def test_registrations_while_redis_is_down_are_sent_within_10s_of_its_return(
 
     default_stack.redis.start()  # same port, empty
     back_at = time.monotonic()
-    wait_sent(emails, timeout=30)
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=30)
 
     took = recovery(smtp, emails, fault_ended=back_at)
     assert copies(smtp, emails) == [1] * 5
@@ -158,7 +149,8 @@ def test_redis_restart_that_loses_the_queue_is_noticed_within_seconds(
     default_stack.redis.stop()
     default_stack.redis.start()  # no persistence: what was queued is gone
     back_at = time.monotonic()
-    wait_sent(emails, timeout=30)
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=30)
 
     took = recovery(smtp, emails, fault_ended=back_at)
     assert copies(smtp, emails) == [1] * 6
@@ -208,7 +200,8 @@ def test_relay_outage_parks_mails_without_spending_retries_and_they_go_out_withi
     default_stack.stop_smtp()
     smtp = default_stack.start_smtp().handler
     back_at = time.monotonic()
-    wait_sent(emails, timeout=30)
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=30)
 
     took = recovery(smtp, emails, fault_ended=back_at)
     assert copies(smtp, emails) == [1] * 5

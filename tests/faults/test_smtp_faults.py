@@ -8,17 +8,9 @@ import pytest
 from django_celery_results.models import TaskResult
 
 from mailer.models import Delivery
-from tests.support import wait_until
+from tests.support import wait_for_delivery, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
-
-
-def sent_row(email: str, timeout: float = 30) -> Delivery:
-    return wait_until(
-        lambda: Delivery.objects.filter(user__email=email, status="sent").first(),
-        timeout=timeout,
-        what=f"{email}'s row marked sent",
-    )
 
 
 def test_temporary_refusals_are_retried_with_growing_backoff_then_sent_once(
@@ -45,7 +37,7 @@ def test_temporary_refusals_are_retried_with_growing_backoff_then_sent_once(
         return result and result.status == "SUCCESS"
 
     wait_until(stored_state, timeout=30, interval=0.02, what="stored SUCCESS")
-    row = sent_row(email)
+    row = wait_for_delivery(email=email, status="sent", timeout=30)
 
     assert "RETRY" in states, states
     assert len(smtp.mails_to(email)) == 1
@@ -83,7 +75,7 @@ def test_relay_that_never_answers_parks_the_mail_and_probes_without_holding_a_wo
 
     fault_stack.stop_smtp()
     smtp = fault_stack.start_smtp().handler
-    sent_row(email, timeout=30)
+    wait_for_delivery(email=email, status="sent", timeout=30)
     assert len(smtp.mails_to(email)) == 1
     record(
         scenario="7. relay accepts the connection and never answers",
@@ -136,12 +128,8 @@ def test_burst_while_the_relay_is_down_delivers_each_mail_once_when_it_returns(
 
     time.sleep(max(0.0, outage - (time.monotonic() - started)))
     smtp = fault_stack.start_smtp().handler
-    wait_until(
-        lambda: Delivery.objects.filter(status="sent").count() == count,
-        timeout=60,
-        interval=0.5,
-        what=f"{count} rows sent",
-    )
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=60, interval=0.5)
     sampling.set()
     sampler.join(5)
 

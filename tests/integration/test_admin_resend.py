@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from mailer.models import Delivery
 from tests.factories import DeliveryFactory
-from tests.support import wait_until
+from tests.support import wait_for_delivery
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -34,11 +34,7 @@ def test_resend_action_delivers_the_selected_failed_mails_once(
 
     assert "Resent 2 failed mail(s)." in response.content.decode()
     for row in rows:
-        wait_until(
-            lambda row=row: Delivery.objects.filter(pk=row.pk, status="sent").exists(),
-            timeout=20,
-            what=f"delivery {row.pk} sent",
-        )
+        wait_for_delivery(email=row.user.email, status="sent")
         assert len(smtp.mails_to(row.user.email)) == 1
     assert Delivery.objects.get(pk=untouched.pk).status == Delivery.Status.FAILED
     assert smtp.mails_to("notselected@example.com") == []

@@ -13,21 +13,26 @@ import pytest
 
 from mailer.models import Delivery
 from mailer.tasks import sweep_stale_deliveries
-from tests import services
 from tests.conftest import worker_env
-from tests.support import ROOT, stop_process, wait_until
+from tests.support import (
+    ROOT,
+    free_port,
+    register,
+    stop_process,
+    wait_for_delivery,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 LOGIN = "ops:flower-test-pass"
-PASSWORD = "correct horse battery staple"
 
 
 class FlowerProcess:
     """`celery -A celery_app flower` on a free port, with flowerconfig.py."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.port = services.free_port()
+        self.port = free_port()
         self.env = dict(env, FLOWER_PORT=str(self.port), FLOWER_ADDRESS="127.0.0.1")
         self.log_path = Path(tempfile.mkstemp(prefix="flower-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
@@ -119,24 +124,10 @@ def test_flower_lists_each_send_with_its_state_and_only_the_outbox_id(
 ):
     smtp.script.replies["bounce@example.com"] = ["550 5.1.1 Mailbox does not exist"]
     for email in ("hello@example.com", "bounce@example.com"):
-        client.post(
-            "/api/register",
-            {"email": email, "password": PASSWORD},
-            content_type="application/json",
-        )
-    sent = wait_until(
-        lambda: Delivery.objects.filter(
-            user__email="hello@example.com", status="sent"
-        ).first(),
-        timeout=20,
-        what="sent",
-    )
-    failed = wait_until(
-        lambda: Delivery.objects.filter(
-            user__email="bounce@example.com", status="failed"
-        ).first(),
-        timeout=20,
-        what="failed",
+        register(client, email)
+    sent = wait_for_delivery(email="hello@example.com", status=Delivery.Status.SENT)
+    failed = wait_for_delivery(
+        email="bounce@example.com", status=Delivery.Status.FAILED
     )
 
     def states():
@@ -164,7 +155,7 @@ def test_flower_lists_each_send_with_its_state_and_only_the_outbox_id(
 
 
 def test_flower_refuses_to_start_without_auth_when_debug_is_off(redis_server):
-    env = worker_env(DJANGO_DEBUG="0", FLOWER_PORT=str(services.free_port()))
+    env = worker_env(DJANGO_DEBUG="0", FLOWER_PORT=str(free_port()))
     env.pop("FLOWER_BASIC_AUTH", None)
 
     result = subprocess.run(

@@ -10,10 +10,9 @@ import pytest
 from django.utils import timezone
 
 from mailer.models import Delivery
-from tests import services
 from tests.conftest import worker_env
 from tests.factories import DeliveryFactory
-from tests.support import RedisServer, run_manage
+from tests.support import RedisServer, free_port, run_manage
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -21,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 @pytest.fixture
 def private_redis():
     """A redis-server of this test's own, so stopping it disturbs no one."""
-    server = RedisServer(services.free_port()).start()
+    server = RedisServer(free_port()).start()
     yield server
     if server.process is not None and server.process.poll() is None:
         os.kill(server.process.pid, signal.SIGCONT)
@@ -95,7 +94,7 @@ def test_healthz_answers_503_within_its_timeout_when_the_broker_hangs(
 
 def test_healthz_answers_503_naming_an_unreachable_database(redis_server):
     env = worker_env(
-        DATABASE_URL=f"postgres://postgres:pw-s3cret@127.0.0.1:{services.free_port()}/x"
+        DATABASE_URL=f"postgres://postgres:pw-s3cret@127.0.0.1:{free_port()}/x"
     )
     code = (
         "from django.test import Client; "

@@ -21,8 +21,13 @@ from mailer.outbox import create_welcome_delivery
 from mailer.tasks import send_welcome_email
 from tests.conftest import worker_env
 from tests.factories import UserFactory
-from tests.services import free_port
-from tests.support import RedisServer, WorkerProcess, wait_until
+from tests.support import (
+    RedisServer,
+    WorkerProcess,
+    free_port,
+    wait_for_delivery,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -83,16 +88,6 @@ def queue_welcome_mails(broker, prefix: str, *, countdown: float = 0) -> list[De
     return deliveries
 
 
-def wait_until_sent(deliveries: list[Delivery], *, timeout: float) -> None:
-    ids = [d.pk for d in deliveries]
-    wait_until(
-        lambda: Delivery.objects.filter(pk__in=ids, status="sent").count() == len(ids),
-        timeout=timeout,
-        interval=0.2,
-        what=f"{len(ids)} deliveries sent",
-    )
-
-
 def received_by(worker: WorkerProcess, deliveries: list[Delivery]) -> list[Delivery]:
     log = worker.log()
     return [d for d in deliveries if f"[{d.task_id}] received" in log]
@@ -105,7 +100,8 @@ def test_two_workers_share_the_mails_and_a_killed_one_loses_none(
     bravo = start_worker("bravo")
 
     first = queue_welcome_mails(broker, "first")
-    wait_until_sent(first, timeout=30)
+    for delivery in first:
+        wait_for_delivery(email=delivery.user.email, status="sent", timeout=30)
     senders = set(
         TaskResult.objects.filter(
             task_id__in=[d.task_id for d in first], status="SUCCESS"
@@ -135,7 +131,8 @@ def test_two_workers_share_the_mails_and_a_killed_one_loses_none(
     # restarted as a supervisor would) restores it.
     time.sleep(max(0.0, published + VISIBILITY_TIMEOUT + 0.5 - time.monotonic()))
     start_worker(victim.name)
-    wait_until_sent(second, timeout=40)
+    for delivery in second:
+        wait_for_delivery(email=delivery.user.email, status="sent", timeout=40)
 
     time.sleep(1)  # let any duplicate delivery surface
     for delivery in first + second:
@@ -171,7 +168,8 @@ def test_a_worker_stopped_with_sigterm_finishes_its_sends_and_hands_back_the_res
     assert process.returncode == 0, victim.log()
     assert "Restoring" in victim.log()  # its reserved messages, back to Redis
     # Back at once, not after the visibility timeout and a restore sweep.
-    wait_until_sent(deliveries, timeout=30)
+    for delivery in deliveries:
+        wait_for_delivery(email=delivery.user.email, status="sent", timeout=30)
     finished = TaskResult.objects.get(task_id=in_flight.task_id)
     assert finished.status == "SUCCESS"
     assert finished.worker.startswith(f"{victim.name}@")

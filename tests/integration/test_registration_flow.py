@@ -6,7 +6,7 @@ import time
 import pytest
 
 from mailer.models import Delivery
-from tests.support import wait_until
+from tests.support import register, wait_for_delivery, wait_until
 from users.models import User
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -33,11 +33,7 @@ def wait_for_mail(smtp, address: str, *, timeout: float = 20):
 
 
 def test_api_registration_delivers_a_welcome_mail_whose_link_activates(client, smtp):
-    response = client.post(
-        "/api/register",
-        {"email": "ada@example.com", "password": PASSWORD},
-        content_type="application/json",
-    )
+    response = register(client, "ada@example.com")
     assert response.status_code == 202
 
     [mail] = wait_for_mail(smtp, "ada@example.com")
@@ -48,12 +44,7 @@ def test_api_registration_delivers_a_welcome_mail_whose_link_activates(client, s
     assert client.post(path).status_code == 302
     assert User.objects.get(email="ada@example.com").is_active
 
-    delivery = Delivery.objects.get(user__email="ada@example.com")
-    wait_until(
-        lambda: Delivery.objects.get(pk=delivery.pk).status == "sent",
-        timeout=5,
-        what="sent",
-    )
+    delivery = wait_for_delivery(email="ada@example.com", status="sent", timeout=5)
     assert mail.message["Message-ID"] == delivery.message_id
     assert len(smtp.mails_to("ada@example.com")) == 1
 
@@ -73,11 +64,7 @@ def test_registration_answers_at_once_while_the_relay_stalls(client, smtp):
     smtp.script.delay = 4.0
 
     started = time.monotonic()
-    response = client.post(
-        "/api/register",
-        {"email": "stalled@example.com", "password": PASSWORD},
-        content_type="application/json",
-    )
+    response = register(client, "stalled@example.com")
     elapsed = time.monotonic() - started
 
     assert response.status_code == 202
@@ -88,20 +75,10 @@ def test_registration_answers_at_once_while_the_relay_stalls(client, smtp):
 def test_transient_smtp_failures_are_retried_and_the_mail_arrives_once(client, smtp):
     smtp.script.replies["retry@example.com"] = ["451 4.3.0 Try again later"] * 2
 
-    client.post(
-        "/api/register",
-        {"email": "retry@example.com", "password": PASSWORD},
-        content_type="application/json",
-    )
+    register(client, "retry@example.com")
 
     wait_for_mail(smtp, "retry@example.com")
-    delivery = wait_until(
-        lambda: Delivery.objects.filter(
-            user__email="retry@example.com", status="sent"
-        ).first(),
-        timeout=5,
-        what="row marked sent",
-    )
+    delivery = wait_for_delivery(email="retry@example.com", status="sent", timeout=5)
     assert delivery.attempts == 3
     assert smtp.attempts["retry@example.com"] == 3
     assert len(smtp.mails_to("retry@example.com")) == 1
@@ -110,19 +87,9 @@ def test_transient_smtp_failures_are_retried_and_the_mail_arrives_once(client, s
 def test_permanent_smtp_failure_marks_the_row_failed_without_retry(client, smtp):
     smtp.script.replies["gone@example.com"] = ["550 5.1.1 Mailbox does not exist"]
 
-    client.post(
-        "/api/register",
-        {"email": "gone@example.com", "password": PASSWORD},
-        content_type="application/json",
-    )
+    register(client, "gone@example.com")
 
-    delivery = wait_until(
-        lambda: Delivery.objects.filter(
-            user__email="gone@example.com", status="failed"
-        ).first(),
-        timeout=20,
-        what="row marked failed",
-    )
+    delivery = wait_for_delivery(email="gone@example.com", status="failed")
     assert delivery.smtp_code == 550
     assert "Mailbox does not exist" in delivery.last_error
     time.sleep(1.5)  # longer than the worker's backoff: no retry follows
@@ -133,11 +100,7 @@ def test_permanent_smtp_failure_marks_the_row_failed_without_retry(client, smtp)
 def test_every_attempt_is_stored_as_a_task_result(client, smtp):
     from django_celery_results.models import TaskResult
 
-    client.post(
-        "/api/register",
-        {"email": "stored@example.com", "password": PASSWORD},
-        content_type="application/json",
-    )
+    register(client, "stored@example.com")
     wait_for_mail(smtp, "stored@example.com")
     delivery = Delivery.objects.get(user__email="stored@example.com")
 

@@ -11,9 +11,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from mailer.models import Delivery
-from tests import services
 from tests.conftest import worker_env
-from tests.support import ROOT, RedisServer, wait_until
+from tests.support import ROOT, RedisServer, free_port, register, wait_for_delivery
 from users.models import User
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -41,24 +40,8 @@ def resend_failed_in_a_process(*args: str, env: dict[str, str]):
 def register_and_fail(client, smtp, emails: list[str]) -> list[Delivery]:
     for email in emails:
         smtp.script.replies[email] = ["550 5.1.1 Mailbox does not exist"]
-        client.post(
-            "/api/register",
-            {"email": email, "password": PASSWORD},
-            content_type="application/json",
-        )
-    return wait_until(
-        lambda: (
-            (
-                rows := list(
-                    Delivery.objects.filter(user__email__in=emails, status="failed")
-                )
-            )
-            and len(rows) == len(emails)
-            and rows
-        ),
-        timeout=20,
-        what="every delivery failed",
-    )
+        register(client, email)
+    return [wait_for_delivery(email=email, status="failed") for email in emails]
 
 
 def test_a_rerun_delivers_each_failed_mail_once_and_a_second_run_finds_nothing(
@@ -69,12 +52,8 @@ def test_a_rerun_delivers_each_failed_mail_once_and_a_second_run_finds_nothing(
     assert all(smtp.mails_to(email) == [] for email in emails)
 
     first = resend_failed()
-    for row in failed:
-        wait_until(
-            lambda row=row: Delivery.objects.filter(pk=row.pk, status="sent").exists(),
-            timeout=20,
-            what=f"delivery {row.pk} sent",
-        )
+    for email in emails:
+        wait_for_delivery(email=email, status="sent")
     second = resend_failed()
 
     assert (
@@ -94,7 +73,7 @@ def test_an_unreachable_broker_is_refused_and_every_row_stays_failed(
     celery_worker, client, smtp
 ):
     [row] = register_and_fail(client, smtp, ["nobroker@example.com"])
-    env = worker_env(REDIS_URL=f"redis://127.0.0.1:{services.free_port()}/0")
+    env = worker_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
 
     started = time.monotonic()
     result = resend_failed_in_a_process(env=env)
@@ -109,7 +88,7 @@ def test_an_unreachable_broker_is_refused_and_every_row_stays_failed(
 
 @pytest.fixture
 def private_redis():
-    server = RedisServer(services.free_port()).start()
+    server = RedisServer(free_port()).start()
     yield server
     server.cleanup()
 

@@ -7,26 +7,19 @@ from django.utils import timezone
 
 from mailer.models import Delivery
 from mailer.sweeper import sweep_stale_deliveries
-from tests import services
 from tests.conftest import worker_env
 from tests.factories import DeliveryFactory
 from tests.support import (
     BeatProcess,
     RedisServer,
     WorkerProcess,
+    free_port,
     run_manage,
+    wait_for_delivery,
     wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-def wait_for_sent(delivery_id: int, *, timeout: float = 20) -> Delivery:
-    return wait_until(
-        lambda: Delivery.objects.filter(pk=delivery_id, status="sent").first(),
-        timeout=timeout,
-        what=f"delivery {delivery_id} sent",
-    )
 
 
 def test_a_sweep_redispatches_a_stale_pending_row_once_and_it_is_sent_once(
@@ -44,7 +37,7 @@ def test_a_sweep_redispatches_a_stale_pending_row_once_and_it_is_sent_once(
     assert second.redispatched == []
     swept = Delivery.objects.get(pk=delivery.pk)
     assert swept.task_id != delivery.task_id
-    wait_for_sent(delivery.pk)
+    wait_for_delivery(email="lost@example.com", status="sent")
     wait_until(lambda: smtp.mails_to("lost@example.com"), timeout=5, what="mail")
     assert len(smtp.mails_to("lost@example.com")) == 1
     assert Delivery.objects.get(pk=delivery.pk).task_id == swept.task_id
@@ -64,7 +57,7 @@ def test_a_sweep_hands_a_dead_attempts_row_back_and_it_is_sent_once(
 
     assert report.reclaimed == 1
     assert report.redispatched == [delivery.pk]
-    sent = wait_for_sent(delivery.pk)
+    sent = wait_for_delivery(email="killed@example.com", status="sent")
     assert sent.attempts == 2
     assert len(smtp.mails_to("killed@example.com")) == 1
 
@@ -82,7 +75,7 @@ def register_in_a_process(email: str, env: dict[str, str]) -> None:
 @pytest.fixture
 def private_redis():
     """A redis-server of this test's own, so stopping it disturbs no one."""
-    server = RedisServer(services.free_port())
+    server = RedisServer(free_port())
     yield server
     server.cleanup()
 
@@ -104,7 +97,7 @@ def test_a_registration_committed_while_redis_was_down_is_swept_and_sent_once(
     worker = WorkerProcess(env=env, name="sweeper").start()
     beat = BeatProcess(env=env).start()
     try:
-        wait_for_sent(delivery.pk, timeout=30)
+        wait_for_delivery(email="outage@example.com", status="sent", timeout=30)
         wait_until(lambda: smtp.mails_to("outage@example.com"), timeout=5, what="mail")
         # Several more sweeps: the sent row is never dispatched again.
         wait_until(
@@ -135,11 +128,10 @@ def test_a_message_lost_in_a_redis_restart_is_swept_and_sent_once(private_redis,
     private_redis.start()
     assert private_redis.client().llen("celery") == 0
 
-    delivery = Delivery.objects.get(user__email="restart@example.com")
     worker = WorkerProcess(env=env, name="sweeper").start()
     beat = BeatProcess(env=env).start()
     try:
-        wait_for_sent(delivery.pk, timeout=30)
+        wait_for_delivery(email="restart@example.com", status="sent", timeout=30)
         wait_until(
             lambda: beat.log().count("mailer.tasks.sweep_stale_deliveries") >= 4,
             timeout=20,

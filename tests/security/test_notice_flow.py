@@ -4,25 +4,15 @@ import re
 
 import pytest
 
-from tests.support import wait_until
+from tests.support import register, wait_until
 from users.models import User
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(autouse=True)
 def _services(celery_worker, smtp):
     """Every test here runs against the real worker, Redis and SMTP server."""
-
-
-def register(client, email):
-    return client.post(
-        "/api/register",
-        {"email": email, "password": PASSWORD},
-        content_type="application/json",
-    )
 
 
 def subjects(smtp, address):

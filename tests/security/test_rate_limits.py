@@ -11,18 +11,13 @@ from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 
 from mailer.models import Delivery
-from tests.support import run_manage
+from tests.support import free_port, register, run_manage
 from users.models import User
 from users.ratelimit import CACHE_ALIAS, Rate, parse_rate
 
 pytestmark = pytest.mark.django_db
 
 PASSWORD = "correct horse battery staple"
-
-
-def register(client, email, **extra):
-    body = json.dumps({"email": email, "password": PASSWORD})
-    return client.post("/api/register", body, content_type="application/json", **extra)
 
 
 def resend(client, email, **extra):
@@ -178,7 +173,7 @@ def test_the_limit_holds_across_processes(client, settings, redis_server):
 
 
 def test_limits_fail_open_and_log_when_redis_is_unreachable(client, settings, caplog):
-    closed_port = _free_port()
+    closed_port = free_port()
     settings.CACHES = {
         **settings.CACHES,
         CACHE_ALIAS: {
@@ -255,9 +250,3 @@ def test_rates_are_read_from_settings_text(value, rate):
 def test_a_malformed_rate_is_a_configuration_error(value):
     with pytest.raises(ImproperlyConfigured):
         parse_rate(value)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -1,6 +1,5 @@
 """A taken address answers like a new one and its owner gets a notice instead."""
 
-import json
 import re
 import statistics
 import time
@@ -10,6 +9,7 @@ import pytest
 from mailer.models import Delivery
 from mailer.tasks import send_welcome_email
 from tests.factories import UserFactory
+from tests.support import register
 from users.models import User
 
 pytestmark = pytest.mark.django_db
@@ -21,11 +21,6 @@ PASSWORD = "correct horse battery staple"
 def _no_rate_limits(settings):
     settings.RATELIMIT_REGISTER_IP = ""
     settings.RATELIMIT_REGISTER_ADDRESS = ""
-
-
-def register(client, email, password=PASSWORD):
-    body = json.dumps({"email": email, "password": password})
-    return client.post("/api/register", body, content_type="application/json")
 
 
 def send_all(kind):
