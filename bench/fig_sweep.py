@@ -12,7 +12,6 @@ makes, whatever the indexes are named.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -27,8 +26,9 @@ TEXT = """
 bench/fig_sweep.py in its own process and throwaway database per vendor:
 $rows outbox rows (one user each), all but 3 in 1,000 `sent`; 1 in 1,000 each
 `pending` and `sending` with leases ahead, and `failed`; loaded in $load
-(PostgreSQL without its per-row foreign-key triggers), then ANALYZE. `mailer.services.sweep_stale_deliveries()` called $calls times after
-5 warm-up calls, ms per call, median (min-max). The plans are of the queries
+(PostgreSQL without its per-row foreign-key triggers), then ANALYZE.
+`mailer.services.sweep_stale_deliveries()` called $calls times after 5 warm-up
+calls, ms per call, median (min-max). The plans are of the queries
 one call makes (EXPLAIN on PostgreSQL, EXPLAIN QUERY PLAN on SQLite).
 
 $table
@@ -59,8 +59,8 @@ def load(rows: int) -> None:
             cursor.execute("SET LOCAL session_replication_role = replica")
         cursor.execute(
             "INSERT INTO users_user (id, password, is_superuser, email, is_active, "
-            "is_staff, date_joined) SELECT n, '!', %s, 'sweep' || n || '@bench.example',"
-            f" %s, %s, %s FROM ({series}) AS numbers",
+            "is_staff, date_joined) SELECT n, '!', %s, 'sweep' || n || "
+            f"'@bench.example', %s, %s, %s FROM ({series}) AS numbers",
             [False, True, False, now, rows],
         )
         cursor.execute(
@@ -165,7 +165,7 @@ def section(data) -> tuple[str, list]:
             )
         targets.append(
             Target(
-                f"Empty sweep over {data['rows']:,} rows on {label}: <= 5 ms, index used",
+                f"Empty sweep, {data['rows']:,} rows, {label}: <= 5 ms, index used",
                 f"{ms.median:.2f} ms, {'every query indexed' if indexed else 'a scan'}",
                 ms.median <= 5 and indexed,
             )

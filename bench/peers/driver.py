@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--system", required=True)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--prefix", default="x")
-    parser.add_argument("--tag", default="")
+    parser.add_argument("--tag", default="", help="relay tags, a comma list")
     parser.add_argument("--rate", type=float, help="registrations per second")
     parser.add_argument("--migrate", action="store_true")
     args = parser.parse_args()
@@ -80,7 +80,11 @@ def main() -> None:
         def enqueue(user) -> None:
             welcome_message(user).send()
 
-    emails = [f"{args.prefix}n{i}{args.tag}@bench.example" for i in range(args.count)]
+    tags = args.tag.split(",")  # cycled: "+d200,+d2500" alternates two delays
+    emails = [
+        f"{args.prefix}n{i}{tags[i % len(tags)]}@bench.example"
+        for i in range(args.count)
+    ]
     hashed = make_password(PASSWORD)
     users = User.objects.bulk_create(
         [User(email=email, password=hashed) for email in emails], batch_size=1000

@@ -129,7 +129,7 @@ class Peers:
 
     def env(self, system: System, **extra: str) -> dict[str, str]:
         if system.peer is None:
-            return self.stack.env(**extra)
+            return self.stack.env(**system.env, **extra)
         key = self.key(system)
         env = self.stack.env(
             DJANGO_SETTINGS_MODULE="bench.peers.settings",
@@ -188,13 +188,13 @@ class Peers:
         for index, argv in enumerate(system.sender):
             proc = f"{name}{index}"
             full = [python(system.peer), *argv]
-            if argv[1] == "celery":
+            if "worker" in argv:
                 full += ["--hostname", f"{proc}@%h"]
             process = self.stack.spawn(
                 proc, full, self.env(system, **extra), cwd=self.cwd(system)
             )
             pids.append(process.pid)
-            if argv[1] == "celery":
+            if "worker" in argv:
                 wait_until(
                     lambda proc=proc: (
                         self.stack.alive(proc) or " ready." in self.stack.log(proc)
