@@ -1,11 +1,13 @@
 """`python -m bench [--quick] [--only a,b]`: run figures, write docs/BENCHMARKS.md."""
 
 import argparse
+import importlib
 import os
 import shlex
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from bench.processes import ROOT, Database, Stack
@@ -54,12 +56,20 @@ def main() -> None:
         stack.start_redis()
         stack.start_relay(delay_ms=0)
         from bench import report
-        from bench.harness import Bench, timed
+        from bench.harness import Bench
 
         bench = Bench(stack=stack, quick=args.quick)
         for name in args.only.split(",") if args.only else FIGURES:
-            module = __import__(f"bench.fig_{name}", fromlist=["run"])
-            sections[name] = module.section(timed(module.run, bench))
+            module = importlib.import_module(f"bench.fig_{name}")
+            clock = time.monotonic()
+            print(f"== {name}", flush=True)
+            try:
+                sections[name] = module.section(module.run(bench))
+            except Exception:  # noqa: BLE001 - the page says which figure failed
+                traceback.print_exc()
+                failed = f"## {name}: failed\n\n    {traceback.format_exc(limit=3)}\n"
+                sections[name] = failed.replace("\n", "\n    "), []
+            print(f"   done in {time.monotonic() - clock:.0f} s", flush=True)
     finally:
         stack.stop_all()
         from django.db import connections

@@ -5,14 +5,15 @@ recover on its own for a fixed window (a supervisor restarts a killed
 process, cron runs a command again), and each mail's 250s are counted.
 """
 
+import contextlib
 import os
 import signal
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench.harness import Target, render, table
-from bench.peers.systems import PEER_WORKER, System, systems
+from bench.harness import Target, render, table_rows
+from bench.peers.systems import System, by_label, python
 from bench.processes import procfile_command
 from tests.support import wait_until
 
@@ -33,8 +34,8 @@ TEXT = """
 ## Faults
 
 $mails mails per fault and system. Killed: the relay answers every other mail
-after 0.2 s and holds the others 2.5 s; 1 s after the first connection the
-sending processes (workers with their pool children, or the command) are
+after 0.2 s and holds the others 2.5 s; 0.5 s after the first 250 the sending
+processes (workers with their pool children, or the command) are
 SIGKILLed, then started again as a supervisor or cron would. 451: the relay
 answers 451 to each mail twice, then 250. Redis: the mails are queued while
 the senders are down, redis-server is stopped and started with its data files
@@ -48,27 +49,20 @@ held. Celery-email's task retries a 451 after Celery's default 180 s and
 django-mailer defers it to `retry_deferred` (a cron job in its docs), both past
 the window.
 
-$table
+| system | sender killed | 451 twice, then 250 | Redis restarted empty |
+| --- | --- | --- | --- |
+$rows
 """
 
 
 def fault_systems(vendor: str) -> list[System]:
-    by_label = {s.label: s for s in systems(vendor)}
-    project = by_label["this project"]
+    found = by_label(vendor)
     beat = ["-m", *procfile_command("beat")]
-    docs = by_label["post_office, docs"]
-    return [
-        replace(project, sender=[*project.sender, beat], env=FAST),
-        docs,
-        replace(
-            docs,
-            label="post_office, its Celery trigger",
-            kind="worker",
-            sender=[PEER_WORKER],
-            env={"BENCH_CELERY": "1"},
-        ),
-        by_label["django-mailer, docs (send_mail)"],
-        by_label["celery-email, docs (prefork)"],
+    project = found["this project"]
+    labels = ["post_office, docs", "post_office, its Celery trigger"]
+    labels += ["django-mailer, docs (send_mail)", "celery-email, docs (prefork)"]
+    return [replace(project, sender=[*project.sender, beat], env=FAST)] + [
+        found[label] for label in labels
     ]
 
 
@@ -77,17 +71,14 @@ def run(bench) -> dict:
     rows = {}
     for system in fault_systems(bench.stack.database.vendor):
         bench.peers.prepare(system)
-        celery = system.kind == "worker"
-        faults = [("killed", killed), ("451", refused)]
-        faults += [("Redis", redis_restart)] if celery else []
-        for name, fault in faults:
+        faults = [("killed", "+d200,+d2500", killed), ("451", "+f2", refused)]
+        if system.kind == "worker":
+            faults.append(("Redis", "", redis_restart))
+        for name, tag, stage in faults:
             print(f"   {system.label}: {name}", flush=True)
-            rows[(system.label, name)] = fault(bench, system)
+            kind = "redis" if name == "Redis" else "kill"
+            rows[(system.label, name)] = fault_run(bench, system, kind, tag, stage)
     return {"rows": rows, "window": WINDOW, "mails": MAILS}
-
-
-def processes(bench, system: System, name: str) -> list[str]:
-    return [f"{name}{i}" for i in range(len(system.sender))]
 
 
 def kill_tree(bench, proc: str) -> None:
@@ -104,111 +95,79 @@ def kill_tree(bench, proc: str) -> None:
 def settle(bench, emails: list[str]) -> dict:
     """Wait out the window (or 3 s after the last new 250); lost, duplicated."""
     deadline, last, quiet = time.monotonic() + WINDOW, None, 0.0
-    while time.monotonic() < deadline and quiet < 3:  # 3 s without a new 250
+    while time.monotonic() < deadline and quiet < 3:
         copies = bench.relay.copies(emails)
         quiet = quiet + 0.5 if copies == last and all(copies.values()) else 0.0
         last = copies
         time.sleep(0.5)
-    copies = bench.relay.copies(emails)
-    lost = sum(1 for n in copies.values() if n == 0)
-    return {"lost": lost, "duplicated": sum(1 for n in copies.values() if n > 1)}
+    copies = bench.relay.copies(emails).values()
+    return {
+        "lost": sum(n == 0 for n in copies),
+        "duplicated": sum(n > 1 for n in copies),
+    }
 
 
-def start_senders(bench, system: System, name: str) -> None:
+def start(bench, system: System, name: str) -> None:
     if system.kind != "command":
         bench.peers.start(system, name)
     else:  # a cron tick: run it now, in the background
-        bench.stack.spawn(
-            f"{name}0",
-            [python_of(system), *system.sender[0]],
-            bench.peers.env(system),
-            cwd=bench.peers.cwd(system),
-        )
+        argv = [python(system.peer), *system.sender[0]]
+        env, cwd = bench.peers.env(system), bench.peers.cwd(system)
+        bench.stack.spawn(f"{name}0", argv, env, cwd=cwd)
 
 
-def python_of(system: System) -> str:
-    from bench.peers.systems import python
-
-    return python(system.peer)
-
-
-def stop_senders(bench, system: System, name: str) -> None:
-    for proc in processes(bench, system, name):
-        bench.stack.stop(proc)
+def stop(bench, system: System, *names: str) -> None:
+    for name in names:
+        for index in range(len(system.sender)):
+            bench.stack.stop(f"{name}{index}")
 
 
-def killed(bench, system: System) -> dict:
-    name = bench.prefix("kill")
-    tags = ["+d200", "+d2500"]
-    emails = [f"{name}n{i}{tags[i % 2]}@bench.example" for i in range(MAILS)]
-    bench.relay.poll()
-    connections = bench.relay.connections
-    if system.kind != "command":
-        start_senders(bench, system, name)
-    bench.peers.enqueue(system, count=MAILS, prefix=name, tag=",".join(tags))
-    if system.kind == "command":
-        start_senders(bench, system, name)
-
-    def connected() -> bool:
-        bench.relay.poll()
-        return bench.relay.connections > connections
-
-    wait_until(connected, timeout=30, what=f"{system.label} connecting")
-    time.sleep(1.0)  # the quick mails accepted, the slow ones held
-    workers = [
-        p
-        for p, argv in zip(processes(bench, system, name), system.sender, strict=True)
-        if "beat" not in argv
-    ]
-    for proc in workers:
-        kill_tree(bench, proc)
-    if system.kind == "command":
-        restart = bench.peers.run_command  # the next cron tick, blocking
-        try:
-            restart(system)
-        except RuntimeError:
-            pass  # reported by the counts: it did not send
-    else:
-        for proc in workers:
-            bench.stack.processes.pop(proc, None)
-        bench.peers.start(
-            replace(system, sender=[a for a in system.sender if "beat" not in a]),
-            f"{name}again",
-        )
+def fault_run(bench, system: System, kind: str, tag: str, stage) -> dict:
+    """Queue the mails (the senders up first unless they are a command), stage
+    the fault, and count what reached the relay."""
+    name = bench.prefix(kind)
+    if system.kind != "command" and kind != "redis":
+        start(bench, system, name)
+    emails = list(
+        bench.peers.enqueue(system, count=MAILS, prefix=name, tag=tag)["began"]
+    )
+    stage(bench, system, name, emails)
     result = settle(bench, emails)
-    stop_senders(bench, system, name)
-    stop_senders(bench, system, f"{name}again")
+    stop(bench, system, name, f"{name}again")
     return result
 
 
-def refused(bench, system: System) -> dict:
-    name = bench.prefix("451")
-    emails = [f"{name}n{i}+f2@bench.example" for i in range(MAILS)]
-    if system.kind != "command":
-        start_senders(bench, system, name)
-    bench.peers.enqueue(system, count=MAILS, prefix=name, tag="+f2")
+def killed(bench, system: System, name: str, emails: list[str]) -> None:
     if system.kind == "command":
-        for _ in range(3):  # three cron ticks
-            bench.peers.run_command(system)
-            time.sleep(1)
-    result = settle(bench, emails)
-    stop_senders(bench, system, name)
-    return result
+        start(bench, system, name)
+    wait_until(
+        lambda: any(bench.relay.copies(emails).values()),
+        timeout=30,
+        what=f"{system.label} sending",
+    )
+    time.sleep(0.5)  # the quick mails accepted, the slow ones held
+    senders = [a for a in system.sender if "beat" not in a]
+    for index in range(len(senders)):
+        kill_tree(bench, f"{name}{index}")
+    if system.kind == "command":
+        with contextlib.suppress(RuntimeError):  # counted below if it sent nothing
+            bench.peers.run_command(system)  # the next cron tick
+    else:  # the supervisor's restart
+        bench.peers.start(replace(system, sender=senders), f"{name}again")
 
 
-def redis_restart(bench, system: System) -> dict:
-    name = bench.prefix("redis")
-    emails = [f"{name}n{i}@bench.example" for i in range(MAILS)]
-    bench.peers.enqueue(system, count=MAILS, prefix=name)  # no sender running
+def refused(bench, system: System, name: str, emails: list[str]) -> None:
+    for _ in range(3 if system.kind == "command" else 0):  # three cron ticks
+        bench.peers.run_command(system)
+        time.sleep(1)
+
+
+def redis_restart(bench, system: System, name: str, emails: list[str]) -> None:
     bench.stack.stop("redis")
-    for path in (bench.stack.directory / "redis").rglob("*"):
-        if path.is_file():
-            path.unlink()
+    for path in (bench.stack.directory / "redis").rglob("*.*"):
+        path.unlink()
     bench.stack.start_redis()
-    start_senders(bench, system, name)
-    result = settle(bench, emails)
-    stop_senders(bench, system, name)
-    return result
+    start(bench, system, name)
 
 
 def section(data) -> tuple[str, list]:
@@ -229,10 +188,7 @@ def section(data) -> tuple[str, list]:
         mails=data["mails"],
         window=data["window"],
         fast=" ".join(f"{k}={v}" for k, v in FAST.items()),
-        table=table(
-            ["system", "sender killed", "451 twice, then 250", "Redis restarted empty"],
-            lines,
-        ),
+        rows=table_rows(lines),
     )
     ours = [r for (label, _), r in rows.items() if label == "this project"]
     bad = sum(r["lost"] + r["duplicated"] for r in ours)

@@ -1,9 +1,7 @@
 """Figure: registration to relay at a steady 50 registrations/s, every system."""
 
-from dataclasses import replace
-
-from bench.harness import Target, render, table
-from bench.peers.systems import systems
+from bench.harness import Target, render, table_rows
+from bench.peers.systems import by_label
 from bench.stats import Runs, percentile
 
 TEXT = """
@@ -16,38 +14,24 @@ begins to the relay's 250, both on this machine's clock. post_office's
 `priority='now'` sends inside the transaction: the request waits for the relay
 (the design forbids that), so it is shown but not counted as a queue.
 
-$table
+| system | p50 ms | p99 ms |
+| --- | --- | --- |
+$rows
 """
 
 
-def latency_systems(vendor: str):
-    by_label = {s.label: s for s in systems(vendor)}
-    docs = by_label["post_office, docs"]
-    return [
-        by_label["this project"],
-        replace(
-            docs,
-            label="post_office, priority='now'",
-            kind="inline",
-            sender=[],
-            env={"BENCH_PRIORITY": "now"},
-        ),
-        replace(
-            docs,
-            label="post_office, its Celery trigger",
-            kind="worker",
-            sender=[
-                ["-m", "celery", "-A", "bench.peers.worker", "worker", "-l", "INFO"]
-            ],
-            env={"BENCH_CELERY": "1"},
-        ),
-        next(s for s in by_label.values() if s.peer == "django_mailer" and s.tuned),
-        by_label["celery-email, 2 x 16 threads"],
-    ]
+LABELS = [
+    "this project",
+    "post_office, priority='now'",
+    "post_office, its Celery trigger",
+    "django-mailer, runmailer_pg (PostgreSQL) or runmailer",
+    "celery-email, 2 x 16 threads",
+]
 
 
 def run(bench) -> dict:
-    chosen = latency_systems(bench.stack.database.vendor)
+    found = by_label(bench.stack.database.vendor)
+    chosen = [found[label] for label in LABELS]
     pids, errors = {}, {}
     for system in chosen:
         bench.peers.prepare(system)
@@ -90,7 +74,7 @@ def section(data) -> tuple[str, list]:
         TEXT,
         count=data["count"],
         runs=data["runs"],
-        table=table(["system", "p50 ms", "p99 ms"], rows),
+        rows=table_rows(rows),
     )
     queues = {
         k: v

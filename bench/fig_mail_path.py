@@ -3,7 +3,7 @@
 import statistics
 
 from bench import load
-from bench.harness import Target, render, table
+from bench.harness import Target, render, table_rows
 from bench.stats import Runs
 
 TEXT = """
@@ -14,7 +14,9 @@ alternating between two gunicorn instances of the same code: the
 `user_registered` receiver connected (outbox insert + on-commit publish to
 Redis) or disconnected (BENCH_MAIL_PATH=off). No worker runs meanwhile.
 
-$table
+| receiver | median latency, ms |
+| --- | --- |
+$rows
 """
 
 
@@ -29,7 +31,7 @@ def run(bench) -> dict:
             port=port, path="/api/register", emails=bench.emails("mp", 20), clients=1
         )
     medians = {name: [] for name in ports}
-    requests, runs = bench.size(150, 40), bench.size(5, 2)
+    requests, runs = bench.size(100, 40), bench.size(4, 2)
     for _ in range(runs):
         for name, port in ports.items():
             answers, _ = load.closed_loop(
@@ -60,7 +62,7 @@ def section(data) -> tuple[str, list]:
         TEXT,
         requests=data["requests"],
         runs=data["runs"],
-        table=table(["receiver", "median latency, ms"], rows),
+        rows=table_rows(rows),
     )
     return text, [
         Target(

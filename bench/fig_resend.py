@@ -7,18 +7,20 @@ import uuid
 from datetime import timedelta
 from email.utils import make_msgid
 
-from bench.harness import Target, render, table
+from bench.harness import Target, render, table_rows
 from bench.processes import ROOT
 from bench.stats import Runs
 
 TEXT = """
 ## `resend_failed` dispatch rate
 
-`python manage.py resend_failed --limit $rows` over $rows failed rows, $runs
+`python manage.py resend_failed --limit $count` over $count failed rows, $runs
 runs (rows reset to failed and the queue emptied between runs), no worker
 consuming. Wall time of the whole command, Django start-up included.
 
-$table
+| rows | seconds | rows/s | messages in the queue after each run |
+| --- | --- | --- | --- |
+$rows
 """
 
 
@@ -33,27 +35,21 @@ def failed_rows(emails: list[str]) -> list[int]:
     from users.models import User
 
     hashed, lease = make_password(PASSWORD), timezone.now() + timedelta(minutes=5)
+    failed = {"kind": Delivery.Kind.WELCOME, "status": Delivery.Status.FAILED}
+    failed.update(lease_expires_at=lease, attempts=1, smtp_code=550)
     with transaction.atomic():
-        users = User.objects.bulk_create(
-            [User(email=e, password=hashed) for e in emails], batch_size=1000
-        )
+        users = [User(email=e, password=hashed) for e in emails]
         rows = Delivery.objects.bulk_create(
             [
                 Delivery(
-                    user=user,
-                    kind=Delivery.Kind.WELCOME,
-                    status=Delivery.Status.FAILED,
-                    task_id=str(uuid.uuid4()),
+                    user=user, task_id=str(uuid.uuid4()), **failed,
                     message_id=make_msgid(domain="bench.example"),
-                    lease_expires_at=lease,
-                    attempts=1,
-                    smtp_code=550,
                     last_error="550 mailbox unavailable",
                 )
-                for user in users
+                for user in User.objects.bulk_create(users, batch_size=1000)
             ],
             batch_size=1000,
-        )
+        )  # fmt: skip
     return [row.pk for row in rows]
 
 
@@ -99,12 +95,9 @@ def section(data) -> tuple[str, list]:
     ]
     text = render(
         TEXT,
-        rows=rows,
+        count=rows,
         runs=data["runs"],
-        table=table(
-            ["rows", "seconds", "rows/s", "messages in the queue after each run"],
-            [line],
-        ),
+        rows=table_rows([line]),
     )
     scaled = seconds.median * 10_000 / rows
     label = "" if rows == 10_000 else f" (scaled from {rows})"

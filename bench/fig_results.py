@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from bench.harness import Target, render, table
+from bench.harness import Target, render, table_rows
 from bench.processes import ROOT
 from bench.stats import Runs
 
@@ -16,15 +16,13 @@ hooks, this project's connection receivers, and the two result writes each task
 makes (STARTED, then SUCCESS). ms per task, median (min-max) over runs.
 "stock" is django-celery-results' `django-db` backend (`get_or_create()` then
 `save()`: SELECT, BEGIN, INSERT, COMMIT, then SELECT, UPDATE); mailer/results.py
-writes each state with one `INSERT ... ON CONFLICT (task_id) DO UPDATE`.
+writes each state with one `INSERT ... ON CONFLICT (task_id) DO UPDATE`
+("upsert"). "naive" opens a new connection per task (Celery's default).
 
-$table
+| database | naive: connect per task, stock | reused, stock | project: reused, upsert |
+| --- | --- | --- | --- |
+$rows
 """
-COLUMNS = [
-    "naive: new connection per task, stock writes",
-    "connections reused, stock writes",
-    "this project: reused, one statement per state",
-]
 
 
 def run(bench) -> dict:
@@ -62,7 +60,7 @@ def section(data) -> tuple[str, list]:
         [label, *(r[k].show("{:.2f}") for k in ("naive", "reused", "project"))]
         for label, r in data["rows"].items()
     ]
-    text = render(TEXT, tasks=data["tasks"], table=table(["database", *COLUMNS], rows))
+    text = render(TEXT, tasks=data["tasks"], rows=table_rows(rows))
     name = "Result storage on PostgreSQL <= 0.5x the stock `django-db` writes"
     if "PostgreSQL" not in data["rows"]:
         return text, [

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from bench.harness import Target, render, table
+from bench.harness import Target, render, table_rows
 from bench.processes import ROOT
 from bench.stats import Runs
 
@@ -24,14 +24,17 @@ TEXT = """
 ## A sweep that finds nothing to do
 
 bench/fig_sweep.py in its own process and throwaway database per vendor:
-$rows outbox rows (one user each), all but 3 in 1,000 `sent`; 1 in 1,000 each
-`pending` and `sending` with leases ahead, and `failed`; loaded in $load
-(PostgreSQL without its per-row foreign-key triggers), then ANALYZE.
+$count outbox rows (one user each), all but 3 in 1,000 `sent`; 1 in 1,000 each
+`pending` and `sending` with leases ahead, and `failed`; loaded in one INSERT
+... SELECT per table (PostgreSQL without its per-row foreign-key triggers),
+then ANALYZE.
 `mailer.services.sweep_stale_deliveries()` called $calls times after 5 warm-up
 calls, ms per call, median (min-max). The plans are of the queries
 one call makes (EXPLAIN on PostgreSQL, EXPLAIN QUERY PLAN on SQLite).
 
-$table
+| database | ms per sweep | load | index in every plan |
+| --- | --- | --- | --- |
+$rows
 
 $plans
 """
@@ -146,23 +149,15 @@ def section(data) -> tuple[str, list]:
     for label, result in data["runs"].items():
         ms = Runs(result["ms"])
         indexed = all(uses_index(p["plan"]) for p in result["plans"])
-        lines.append(
-            [
-                label,
-                ms.show("{:.2f}"),
-                f"{result['load_s']:.0f} s",
-                "yes" if indexed else "**no**",
-            ]
-        )
+        load = f"{result['load_s']:.0f} s"
+        lines.append([label, ms.show("{:.2f}"), load, "yes" if indexed else "**no**"])
         plans.append(f"{label}:\n")
         for p in result["plans"]:
-            plans.append(
-                "    "
-                + p["sql"][:300]
-                + "\n"
-                + "\n".join("      -> " + line for line in p["plan"])
-                + "\n"
-            )
+            plans += [
+                f"    {p['sql'][:300]}",
+                *(f"      -> {x}" for x in p["plan"]),
+                "",
+            ]
         targets.append(
             Target(
                 f"Empty sweep, {data['rows']:,} rows, {label}: <= 5 ms, index used",
@@ -172,10 +167,9 @@ def section(data) -> tuple[str, list]:
         )
     text = render(
         TEXT,
-        rows=f"{data['rows']:,}",
+        count=f"{data['rows']:,}",
         calls=data["calls"],
-        load=", ".join(f"{k} {v['load_s']:.0f} s" for k, v in data["runs"].items()),
-        table=table(["database", "ms per sweep", "load", "index in every plan"], lines),
+        rows=table_rows(lines),
         plans="\n".join(plans),
     )
     return text, targets

@@ -1,18 +1,19 @@
 """What every figure shares: the stack, the relay's log, counts, targets."""
 
 import string
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.peers.systems import Peers
-from bench.processes import Stack, procfile_command, worker_processes
+from bench.peers.systems import Peers, systems
+from bench.processes import Stack
 from tests.support import wait_until
 
 
 @dataclass
 class Target:
+    """One of the issue's targets, as measured in this run."""
+
     name: str
     measured: str
     met: bool | None  # None: not measured in this run
@@ -72,7 +73,7 @@ class Bench:
     def __post_init__(self) -> None:
         self.relay = RelayLog(self.stack.relay_log)
         self.peers = Peers(self.stack)
-        self.worker_names = [f"worker{n}" for n in range(1, worker_processes() + 1)]
+        self.project = systems(self.stack.database.vendor)[0]
 
     def size(self, full: int, quick: int | None = None) -> int:
         return (quick or max(1, full // 5)) if self.quick else full
@@ -92,18 +93,14 @@ class Bench:
             self.stack.start_web(name, **extra)
         return self.stack.web_ports[name]
 
-    def ensure_project_worker(self, **extra: str) -> list[int]:
+    def ensure_project_worker(self) -> list[int]:
         """This project's workers as `make run` starts them (WORKER_PROCESSES)."""
         if not self.worker_pids:
-            self.worker_pids = [
-                self.stack.start_worker(name, procfile_command("worker")[3:], **extra)
-                for name in self.worker_names
-            ]
+            self.worker_pids = self.peers.start(self.project, "worker")
         return self.worker_pids
 
     def stop_project_worker(self) -> None:
-        for name in self.worker_names:
-            self.stack.stop(name)
+        self.peers.stop(self.project, "worker")
         self.worker_pids = []
 
 
@@ -112,14 +109,6 @@ def render(template: str, **values) -> str:
     return string.Template(template.strip("\n")).substitute(values) + "\n"
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
-
-
-def timed(step, *args):
-    print(f"== {step.__module__}", flush=True)
-    clock = time.monotonic()
-    result = step(*args)
-    print(f"   done in {time.monotonic() - clock:.0f} s", flush=True)
-    return result
+def table_rows(rows: list[list]) -> str:
+    """Markdown table rows; the header is in the figure's template."""
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows)

@@ -16,11 +16,9 @@ from tests.support import free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The environment of the web processes, in one place. Settings that would
-# throttle a load test (the registration rate limits) are
-# raised or disabled here.
+# The environment of the web processes, in one place: the registration rate
+# limits guard against abuse, and the load comes from one address.
 WEB_ENV: dict[str, str] = {
-    # The load comes from one address; the limits guard against abuse, not this.
     "RATELIMIT_REGISTER_IP": "1000000/h",
     "RATELIMIT_REGISTER_ADDRESS": "1000000/h",
 }
@@ -38,12 +36,6 @@ def procfile_command(name: str) -> list[str]:
             )
             return shlex.split(command)
     raise RuntimeError(f"no `{name}` process in the Procfile")
-
-
-def procfile_option(name: str, option: str) -> str:
-    """The value an option takes in the Procfile's command for `name`."""
-    command = procfile_command(name)
-    return command[command.index(option) + 1]
 
 
 def worker_processes() -> int:
@@ -142,7 +134,7 @@ class Stack:
             DJANGO_SECRET_KEY="bench-only-secret-key-" + "x" * 40,
             DJANGO_DEBUG="0",
             DATABASE_URL=self.database.url,
-            REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            REDIS_URL=self.redis_url(0),
             EMAIL_HOST="127.0.0.1",
             EMAIL_PORT=str(self.relay_port),
             SITE_URL="http://127.0.0.1:8000",
@@ -189,6 +181,9 @@ class Stack:
 
         wait_until(ping, timeout=10, what="redis-server")
 
+    def redis_url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/{db}"
+
     def redis(self) -> redis.Redis:
         return redis.Redis(port=self.redis_port, socket_timeout=5)
 
@@ -220,18 +215,6 @@ class Stack:
         wait_until(lambda: self.alive(name) or _listening(port), timeout=30, what=name)
         self.web_ports[name] = port
         return port
-
-    def start_worker(self, name: str, argv: list[str], **extra: str) -> int:
-        """A Celery worker; `argv` is everything after `celery -A celery_app`."""
-        argv = [sys.executable, "-m", "celery", "-A", "celery_app", *argv]
-        argv += ["--hostname", f"{name}@%h"]
-        process = self.spawn(name, argv, self.env(**extra))
-        wait_until(
-            lambda: self.alive(name) or " ready." in self.log(name),
-            timeout=60,
-            what=f"worker {name}",
-        )
-        return process.pid
 
     def stop(self, name: str) -> None:
         process = self.processes.pop(name, None)

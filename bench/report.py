@@ -8,38 +8,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from bench.harness import table
+from bench.harness import table_rows
 from bench.processes import ROOT, procfile_command
-
-SYSTEMS = [
-    [
-        "this project",
-        "the Procfile's workers (2 processes x `--pool threads "
-        "--concurrency 16`), outbox row + one task per mail",
-        "in the worker",
-    ],
-    [
-        "django-post_office 3.12",
-        "`mail.send()` through `post_office.EmailBackend`; "
-        "`send_queued_mail` (docs: 1 process, 5 threads, batches of 100; tuned: "
-        "`--processes 2`, 16 threads, batches of 512)",
-        "in the request",
-    ],
-    [
-        "django-mailer 2.3",
-        "`DbBackend`; `send_mail` (docs, a cron job), "
-        "`runmailer_pg` on PostgreSQL or `runmailer` polling every 0.1 s (tuned): "
-        "one process, one connection",
-        "in the request",
-    ],
-    [
-        "django-celery-email-reboot 4.3 (installs on Django 5.2)",
-        "`CeleryEmailBackend`, "
-        "one task per chunk (10 mails; one per registration); worker as its README "
-        "(prefork, 2 = cores) and tuned (2 x `--pool threads --concurrency 16`)",
-        "in the request",
-    ],
-]
 
 
 def machine(database, load, elapsed, command) -> str:
@@ -117,8 +87,7 @@ def write(path, *, sections, command, quick, database, load, elapsed) -> None:
     page = string.Template((ROOT / "bench" / "report.md").read_text()).substitute(
         command=command,
         quick=" Quick mode: small counts, not for quoting." if quick else "",
-        systems=table(["system", "how it queues and sends", "renders"], SYSTEMS),
-        targets=table(["target", "measured", ""], rows),
+        targets=table_rows(rows),
         figures="\n".join(text for text, _ in sections.values()),
         machine=machine(database, load, elapsed, command),
     )
