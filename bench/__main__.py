@@ -70,6 +70,10 @@ def main() -> None:
                 failed = f"## {name}: failed\n\n    {traceback.format_exc(limit=3)}\n"
                 sections[name] = failed.replace("\n", "\n    "), []
             print(f"   done in {time.monotonic() - clock:.0f} s", flush=True)
+            shared = ("redis", "relay", "web", "worker")  # what figures share
+            for proc in [p for p in stack.processes if not p.startswith(shared)]:
+                print(f"   {name} left {proc} running: stopped", flush=True)
+                stack.stop(proc)
     finally:
         stack.stop_all()
         from django.db import connections

@@ -32,14 +32,14 @@ LABELS = [
 def run(bench) -> dict:
     found = by_label(bench.stack.database.vendor)
     chosen = [found[label] for label in LABELS]
-    pids, errors = {}, {}
-    for system in chosen:
+    errors = {}
+    for index, system in enumerate(chosen):
         bench.peers.prepare(system)
         try:
             if system.peer is None:
-                pids[system.label] = bench.ensure_project_worker()
+                bench.ensure_project_worker()
             elif system.sender:
-                pids[system.label] = bench.peers.start(system, f"lat{len(pids)}-")
+                bench.peers.start(system, f"lat{index}-")  # stopped below by index
             measure(bench, system, 25)  # warm-up
         except Exception as error:  # noqa: BLE001 - a peer that cannot run is reported
             errors[system.label] = f"{type(error).__name__}: {str(error)[-300:]}"
