@@ -31,7 +31,7 @@ POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432
 test-postgres: install ## Run the whole suite on PostgreSQL at POSTGRES_URL (a throwaway test database)
 	DATABASE_URL=$(POSTGRES_URL)/welcome_$$$$ $(PY) -m pytest
 
-bench: install ## Benchmark vs the naive way, write docs/BENCHMARKS.md (BENCH_QUICK=1: short run)
+bench: install ## Benchmark against django-post_office, django-mailer, django-celery-email; write docs/BENCHMARKS.md (BENCH_QUICK=1: short run)
 	$(PY) -m bench $(if $(BENCH_QUICK),--quick)
 
 lint: install ## Check formatting, lint rules and that migrations are up to date

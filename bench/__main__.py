@@ -1,36 +1,41 @@
-"""`python -m bench [--quick]`: run every figure and write docs/BENCHMARKS.md."""
+"""`python -m bench [--quick] [--only a,b]`: run figures, write docs/BENCHMARKS.md."""
 
 import argparse
+import importlib
 import os
 import shlex
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from bench.processes import ROOT, Database, Stack
-from bench.report import write_report
+
+FIGURES = [
+    "hashing",
+    "mail_path",
+    "registration",
+    "latency",
+    "throughput",
+    "faults",
+    "resend",
+    "results",
+    "sweep",
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument(
-        "--quick", action="store_true", help="small counts, two runs per figure"
-    )
+    parser.add_argument("--quick", action="store_true", help="small counts, fewer runs")
     parser.add_argument("--output", type=Path, help="default docs/BENCHMARKS.md")
-    parser.add_argument(
-        "--only", help="comma list of figures to run (hashing,2,1,6,3,5,4)"
-    )
+    parser.add_argument("--only", help=f"comma list of figures ({','.join(FIGURES)})")
     args = parser.parse_args()
-    output = args.output or (
-        ROOT / "var" / "BENCHMARKS-quick.md"
-        if args.quick
-        else ROOT / "docs/BENCHMARKS.md"
-    )
+    quick_out = ROOT / "var" / "BENCHMARKS-quick.md"
+    output = args.output or (quick_out if args.quick else ROOT / "docs/BENCHMARKS.md")
     command = "make bench" + (" BENCH_QUICK=1" if args.quick else "")
     if args.only or args.output:
         command = "python -m bench " + shlex.join(sys.argv[1:])
-
     server_url = os.environ.get("DATABASE_URL", "")
     if not server_url.startswith(("postgres://", "postgresql://")):
         server_url = None
@@ -40,25 +45,44 @@ def main() -> None:
     database = Database(server_url=server_url, directory=directory)
     stack = Stack(directory=directory, database=database)
     os.environ.update(stack.env())
-    load_at_start = os.getloadavg()
-    started = time.time()
+    load_at_start, started = os.getloadavg(), time.time()
     database.create()
+    sections = {}
     try:
-        from bench.figures import Figures
+        import django
 
-        figures = Figures(stack=stack, quick=args.quick)
-        figures.setup()
-        wanted = args.only.split(",") if args.only else None
-        results = figures.run_all(wanted)
+        stack.migrate()
+        django.setup()
+        stack.start_redis()
+        stack.start_relay(delay_ms=0)
+        from bench import report
+        from bench.harness import Bench
+
+        bench = Bench(stack=stack, quick=args.quick)
+        for name in args.only.split(",") if args.only else FIGURES:
+            module = importlib.import_module(f"bench.fig_{name}")
+            clock = time.monotonic()
+            print(f"== {name}", flush=True)
+            try:
+                sections[name] = module.section(module.run(bench))
+            except Exception:  # noqa: BLE001 - the page says which figure failed
+                traceback.print_exc()
+                failed = f"## {name}: failed\n\n    {traceback.format_exc(limit=3)}\n"
+                sections[name] = failed.replace("\n", "\n    "), []
+            print(f"   done in {time.monotonic() - clock:.0f} s", flush=True)
+            shared = ("redis", "relay", "web", "worker")  # what figures share
+            for proc in [p for p in stack.processes if not p.startswith(shared)]:
+                print(f"   {name} left {proc} running: stopped", flush=True)
+                stack.stop(proc)
     finally:
         stack.stop_all()
         from django.db import connections
 
         connections.close_all()
         database.drop()
-    write_report(
+    report.write(
         output,
-        results=results,
+        sections=sections,
         command=command,
         quick=args.quick,
         database=database,

@@ -4,7 +4,6 @@ import http.client
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 PASSWORD = "correct horse battery staple 42"
@@ -60,27 +59,6 @@ def closed_loop(
     for thread in threads:
         thread.join()
     return _checked(answers), time.perf_counter() - clock
-
-
-def open_loop(
-    *, port: int, path: str, emails: list[str], rate: float
-) -> tuple[list[Response], float]:
-    """Send one registration every 1/rate seconds, whatever the answers do;
-    return the answers and how far the sender fell behind its schedule."""
-    answers = []
-    late = 0.0
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        start = time.perf_counter() + 0.05
-        futures = []
-        for index, email in enumerate(emails):
-            due = start + index / rate
-            wait = due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            late = max(late, -wait)
-            futures.append(pool.submit(register, port, path, email))
-        answers = [future.result() for future in futures]
-    return _checked(answers), late
 
 
 def _checked(answers: list[Response]) -> list[Response]:

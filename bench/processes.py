@@ -16,11 +16,9 @@ from tests.support import free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The environment of the web processes, in one place. Settings that would
-# throttle a load test (the registration rate limits) are
-# raised or disabled here.
+# The environment of the web processes, in one place: the registration rate
+# limits guard against abuse, and the load comes from one address.
 WEB_ENV: dict[str, str] = {
-    # The load comes from one address; the limits guard against abuse, not this.
     "RATELIMIT_REGISTER_IP": "1000000/h",
     "RATELIMIT_REGISTER_ADDRESS": "1000000/h",
 }
@@ -38,12 +36,6 @@ def procfile_command(name: str) -> list[str]:
             )
             return shlex.split(command)
     raise RuntimeError(f"no `{name}` process in the Procfile")
-
-
-def procfile_option(name: str, option: str) -> str:
-    """The value an option takes in the Procfile's command for `name`."""
-    command = procfile_command(name)
-    return command[command.index(option) + 1]
 
 
 def worker_processes() -> int:
@@ -76,6 +68,8 @@ class Database:
 
     def __init__(self, *, server_url: str | None, directory: Path) -> None:
         self.server_url = server_url
+        self.directory = directory
+        self.siblings: list[str] = []
         if server_url:
             parts = urlsplit(server_url)
             self.name = f"bench_{os.getpid()}"
@@ -92,7 +86,17 @@ class Database:
 
     def drop(self) -> None:
         if self.server_url:
-            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            for name in [self.name, *self.siblings]:
+                self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def sibling(self, suffix: str) -> str:
+        """A second database of the same kind, on the same server; its URL."""
+        name = f"{self.name}_{suffix}" if self.server_url else suffix
+        self.siblings.append(name)
+        if not self.server_url:
+            return f"sqlite:///{self.directory / name}.sqlite3"
+        self._admin(f'CREATE DATABASE "{name}"')
+        return urlunsplit(urlsplit(self.server_url)._replace(path=f"/{name}"))
 
     def server_version(self) -> str:
         if not self.server_url:
@@ -130,7 +134,7 @@ class Stack:
             DJANGO_SECRET_KEY="bench-only-secret-key-" + "x" * 40,
             DJANGO_DEBUG="0",
             DATABASE_URL=self.database.url,
-            REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            REDIS_URL=self.redis_url(0),
             EMAIL_HOST="127.0.0.1",
             EMAIL_PORT=str(self.relay_port),
             SITE_URL="http://127.0.0.1:8000",
@@ -139,10 +143,10 @@ class Stack:
         env.update(extra)
         return env
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]):
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], cwd=ROOT):
         log = (self.directory / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         self.processes[name] = process
@@ -151,7 +155,7 @@ class Stack:
     def log(self, name: str) -> str:
         return (self.directory / f"{name}.log").read_text(errors="replace")
 
-    def _alive(self, name: str) -> None:
+    def alive(self, name: str) -> None:
         if self.processes[name].poll() is not None:
             raise RuntimeError(f"{name} exited early:\n{self.log(name)[-3000:]}")
 
@@ -165,11 +169,11 @@ class Stack:
         argv = [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1"]
         argv += ["--dir", str(data), "--appendonly", "yes", "--save", ""]
         argv += ["--maxmemory-policy", "noeviction", "--daemonize", "no"]
-        self._spawn("redis", argv, dict(os.environ))
+        self.spawn("redis", argv, dict(os.environ))
         client = self.redis()
 
         def ping() -> bool:
-            self._alive("redis")
+            self.alive("redis")
             try:
                 return client.ping()
             except redis.RedisError:
@@ -177,15 +181,18 @@ class Stack:
 
         wait_until(ping, timeout=10, what="redis-server")
 
+    def redis_url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/{db}"
+
     def redis(self) -> redis.Redis:
         return redis.Redis(port=self.redis_port, socket_timeout=5)
 
     def start_relay(self, *, delay_ms: float = 0.0) -> None:
         argv = [sys.executable, "-m", "bench.relay", "--port", str(self.relay_port)]
         argv += ["--delay-ms", str(delay_ms), "--log", str(self.relay_log)]
-        self._spawn("relay", argv, self.env())
+        self.spawn("relay", argv, self.env())
         wait_until(
-            lambda: self._alive("relay") or "relay ready" in self.log("relay"),
+            lambda: self.alive("relay") or "relay ready" in self.log("relay"),
             timeout=15,
             what="relay",
         )
@@ -204,22 +211,10 @@ class Stack:
         argv = procfile_command("web")
         argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
         argv = [sys.executable, "-m", *argv]
-        self._spawn(name, argv, self.env(**WEB_ENV, **extra))
-        wait_until(lambda: self._alive(name) or _listening(port), timeout=30, what=name)
+        self.spawn(name, argv, self.env(**WEB_ENV, **extra))
+        wait_until(lambda: self.alive(name) or _listening(port), timeout=30, what=name)
         self.web_ports[name] = port
         return port
-
-    def start_worker(self, name: str, argv: list[str], **extra: str) -> int:
-        """A Celery worker; `argv` is everything after `celery -A celery_app`."""
-        argv = [sys.executable, "-m", "celery", "-A", "celery_app", *argv]
-        argv += ["--hostname", f"{name}@%h"]
-        process = self._spawn(name, argv, self.env(**extra))
-        wait_until(
-            lambda: self._alive(name) or " ready." in self.log(name),
-            timeout=60,
-            what=f"worker {name}",
-        )
-        return process.pid
 
     def stop(self, name: str) -> None:
         process = self.processes.pop(name, None)

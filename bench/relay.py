@@ -4,7 +4,8 @@
 
 The delay applies to each message before its 250 reply; a recipient whose
 local part carries `+d<ms>` (`ada+d200@example.com`) gets that delay
-instead, so one relay serves every figure without a restart. Each 250 is
+instead, so one relay serves every figure without a restart; `+f<n>`
+(`ada+f2@...`) answers 451 to that recipient's first n messages. Each 250 is
 logged as `S <unix time> <recipient>`, each new connection as `C <unix time>`.
 """
 
@@ -15,16 +16,19 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 
 from aiosmtpd.controller import Controller
 
 DELAY_TAG = re.compile(r"\+d(\d+)@")
+FAIL_TAG = re.compile(r"\+f(\d+)[+@]")
 
 
 class DelayingHandler:
     def __init__(self, delay_ms: float, log) -> None:
         self.delay_ms = delay_ms
         self.log = log
+        self.refused: Counter = Counter()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -35,6 +39,10 @@ class DelayingHandler:
         rcpt = envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
         tagged = DELAY_TAG.search(rcpt)
         delay_ms = float(tagged.group(1)) if tagged else self.delay_ms
+        failing = FAIL_TAG.search(rcpt)
+        if failing and self.refused[rcpt] < int(failing.group(1)):
+            self.refused[rcpt] += 1
+            return "451 4.3.0 Try again later"
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         self.log.write(f"S {time.time():.6f} {rcpt}\n")

@@ -1,0 +1,218 @@
+"""Figure: mails/s, CPU per mail and SMTP connections, every system, two relays.
+
+The floor (the project's workers on a task that does nothing) and the ceiling
+(one smtplib connection sending a pre-rendered message) come from the same run.
+"""
+
+import smtplib
+import statistics
+import time
+import uuid
+
+from bench.harness import Target, render, table_rows
+from bench.peers.systems import System, systems
+from bench.processes import process_cpu_seconds
+from bench.stats import Runs
+
+# Mails per run at a 50 ms relay (twice as many at 0 ms), sized to a few seconds.
+MAILS = {"None_docs": 400, "post_office_docs": 200, "post_office_tuned": 800}
+MAILS |= {"django_mailer_docs": 40, "django_mailer_tuned": 40}
+MAILS |= {"celery_email_docs": 200, "celery_email_tuned": 200}
+
+TEXT = """
+## Throughput and CPU per mail
+
+Each run queues a backlog the system's own way (bench/peers/driver.py, one
+transaction per mail, as a registration would), then times from the first
+commit (queue-fed workers, already running) or the sending command's start
+(commands that drain a backlog, their start-up included) to the relay's last
+250. CPU is user+system time: the queuing process per mail (what a request
+pays), and the sending processes with their children (workers, pool children,
+the command less its median CPU on an empty queue, $startup s). $runs
+runs per relay, systems interleaved, after one warm-up run each. The same
+welcome mail everywhere (mailer/templates/mailer/welcome.txt and .html, an
+activation link signed per user). CPU columns: ms per mail; SMTP conns:
+connections the relay saw opened per run. Every system's idle workers stay up
+through the figure.
+
+| system | relay | mails/s | queue CPU ms | send CPU ms | SMTP conns | renders |
+| --- | --- | --- | --- | --- | --- | --- |
+$rows
+
+Floor: the project's workers on a task that does nothing (bench/tasks.py
+`do_nothing`: `acks_late`, task events, STARTED and SUCCESS results), $floor_count
+per run: $floor_rate tasks/s, $floor_cpu ms of worker CPU per task.
+Ceiling: a bare smtplib loop over one open connection sending one pre-rendered
+message, $ceiling_count per run: $ceiling_rate_50 mails/s at 50 ms (one
+connection waits for each reply), $ceiling_rate_0 at 0 ms, $ceiling_cpu ms of
+client CPU per mail. At 0 ms this project reaches $to_ceiling of the ceiling's
+mails/s, at $cpu_to_ceiling times its CPU per mail.
+"""
+
+
+def run(bench) -> dict:
+    everyone = systems(bench.stack.database.vendor)
+    pids, startup = {}, {}
+    for system in everyone:
+        bench.peers.prepare(system)
+        if system.kind == "command":  # its CPU on an empty queue: Django's start-up
+            runs = [bench.peers.run_command(system)[0] for _ in range(4)]
+            startup[system.label] = statistics.median(runs[1:])  # after a warm-up
+        elif system.peer is None:
+            pids[system.label] = bench.ensure_project_worker()
+        else:
+            pids[system.label] = bench.peers.start(system, f"tp-{system.key}-")
+    rows = {(s.label, d): [] for s in everyone for d in (50, 0)}
+    for delay in (50, 0):
+        for system in everyone:  # warm-up: pool threads, connections, plans
+            one_run(bench, system, pids.get(system.label), delay, 0.0, warm=True)
+        for _ in range(bench.size(3, 2)):
+            for s in everyone:
+                rows[(s.label, delay)].append(
+                    one_run(bench, s, pids.get(s.label), delay, startup.get(s.label))
+                )
+    for system in everyone:
+        if system.peer and system.kind != "command":
+            bench.peers.stop(system, f"tp-{system.key}-")
+    return {
+        "systems": [(s.label, s.peer) for s in everyone],
+        "rows": {
+            k: {n: Runs([r[n] for r in v]) for n in v[0]} for k, v in rows.items()
+        },
+        "floor": floor(bench),
+        "ceiling": {d: ceiling(bench, d) for d in (50, 0)},
+        "runs": bench.size(3, 2),
+        "startup": ", ".join(f"{k}: {v:.2f}" for k, v in startup.items()),
+    }
+
+
+def one_run(bench, system: System, pids, delay: int, startup, warm=False) -> dict:
+    count = bench.size(MAILS[system.key]) * (2 if delay == 0 else 1)
+    count = max(20, count // 4) if warm else count
+    prefix, tag = bench.prefix("tp"), f"+d{delay}"
+    bench.relay.poll()
+    connections = bench.relay.connections
+    before = sum(map(process_cpu_seconds, pids)) if pids else 0.0
+    queued = bench.peers.enqueue(system, count=count, prefix=prefix, tag=tag)
+    if system.kind == "command":
+        cpu, started = bench.peers.run_command(system)
+        cpu -= startup
+    else:
+        started = min(queued["began"].values())
+    accepted = bench.relay.wait_for(list(queued["began"]), timeout=max(120, count))
+    if pids:
+        cpu = sum(map(process_cpu_seconds, pids)) - before
+    bench.relay.poll()
+    return {
+        "rate": count / (max(accepted.values()) - started),
+        "enqueue_cpu": queued["cpu_ms"],
+        "send_cpu": cpu * 1000 / count,
+        "connections": bench.relay.connections - connections,
+    }
+
+
+def floor(bench) -> dict[str, Runs]:
+    """This project's workers running a task that does nothing, same options."""
+    from django.db.models import Max
+    from django_celery_results.models import TaskResult
+
+    from bench.tasks import do_nothing
+    from tests.support import wait_until
+
+    pids = bench.ensure_project_worker()
+    count = bench.size(1000)
+    rate, cpu = [], []
+    for run in range(bench.size(3, 2) + 1):  # the first is a warm-up
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        before = sum(map(process_cpu_seconds, pids))
+        started = time.time()
+        for task_id in ids:
+            do_nothing.apply_async(task_id=task_id)
+        done = TaskResult.objects.filter(task_id__in=ids, status="SUCCESS")
+        wait_until(lambda d=done: d.count() == count, timeout=120, what="no-op tasks")
+        if run:
+            last = done.aggregate(last=Max("date_done"))["last"].timestamp()
+            rate.append(count / (last - started))
+            cpu.append((sum(map(process_cpu_seconds, pids)) - before) * 1000 / count)
+    return {"rate": Runs(rate), "cpu": Runs(cpu), "count": count}
+
+
+def ceiling(bench, delay: int) -> dict:
+    """A bare smtplib loop: one connection, one pre-rendered message."""
+    from django.conf import settings
+
+    from bench.peers.driver import welcome_message
+    from users.models import User
+
+    user = User(pk=0, email="someone@bench.example", password="!")
+    raw = welcome_message(user).message().as_bytes(linesep="\r\n")
+    count = bench.size(40 if delay else 1000, 10 if delay else 200)
+    rate, cpu = [], []
+    for run in range(bench.size(3, 2) + 1):  # the first is a warm-up
+        emails = bench.emails("ceiling", count, f"+d{delay}")
+        with smtplib.SMTP(settings.EMAIL_HOST, settings.EMAIL_PORT, timeout=30) as smtp:
+            clock, used = time.perf_counter(), time.process_time()
+            for email in emails:
+                smtp.sendmail(settings.DEFAULT_FROM_EMAIL, [email], raw)
+            wall, used = time.perf_counter() - clock, time.process_time() - used
+        if run:
+            rate.append(count / wall)
+            cpu.append(used * 1000 / count)
+    bench.relay.wait_for(emails, timeout=60)
+    return {"rate": Runs(rate), "cpu": Runs(cpu), "count": count}
+
+
+def section(data) -> tuple[str, list[Target]]:
+    rows = data["rows"]
+    peers = [label for label, peer in data["systems"] if peer]
+    lines = [
+        [label, f"{d} ms", r["rate"].show(), r["enqueue_cpu"].show("{:.2f}"),
+         r["send_cpu"].show("{:.2f}"), r["connections"].show("{:.0f}"),
+         "in the request" if peer else "in the worker"]
+        for label, peer in data["systems"] for d in (50, 0) for r in [rows[(label, d)]]
+    ]  # fmt: skip
+    targets = []
+    for delay in (50, 0):
+        ours = rows[("this project", delay)]["rate"].median
+        best = max(peers, key=lambda p: rows[(p, delay)]["rate"].median)
+        theirs = rows[(best, delay)]["rate"].median
+        targets.append(
+            Target(
+                f"Throughput at a {delay} ms relay >= the best peer's",
+                f"{ours / theirs:.2f}x {best} ({ours:.0f} vs {theirs:.0f} mails/s)",
+                ours >= theirs,
+            )
+        )
+    ours = rows[("this project", 0)]["send_cpu"].median
+    best = min(peers, key=lambda p: rows[(p, 0)]["send_cpu"].median)
+    theirs, floor_cpu = rows[(best, 0)]["send_cpu"].median, data["floor"]["cpu"].median
+    targets += [
+        Target(
+            "Worker CPU per mail (0 ms relay) <= the best peer's",
+            f"{ours / theirs:.2f}x {best} ({ours:.2f} vs {theirs:.2f} ms)",
+            ours <= theirs,
+        ),
+        Target(
+            "Worker CPU per mail (0 ms relay) <= 2.0x the floor",
+            f"{ours / floor_cpu:.2f}x ({ours:.2f} vs {floor_cpu:.2f} ms)",
+            ours <= 2 * floor_cpu,
+        ),
+    ]
+    ceiling, floor_ = data["ceiling"], data["floor"]
+    project_0 = rows[("this project", 0)]["rate"].median
+    text = render(
+        TEXT,
+        runs=data["runs"],
+        startup=data["startup"],
+        rows=table_rows(lines),
+        floor_count=floor_["count"],
+        floor_rate=floor_["rate"].show(),
+        floor_cpu=floor_["cpu"].show("{:.2f}"),
+        ceiling_count=f"{ceiling[50]['count']} (50 ms), {ceiling[0]['count']} (0 ms)",
+        ceiling_rate_50=ceiling[50]["rate"].show(),
+        ceiling_rate_0=ceiling[0]["rate"].show(),
+        ceiling_cpu=ceiling[0]["cpu"].show("{:.3f}"),
+        to_ceiling=f"{project_0 / ceiling[0]['rate'].median:.0%}",
+        cpu_to_ceiling=f"{ours / ceiling[0]['cpu'].median:.0f}",
+    )
+    return text, targets

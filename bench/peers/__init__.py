@@ -1,0 +1,1 @@
+"""The peers: other Django mail queues, each in its own virtualenv under var/peers/."""

@@ -1,0 +1,185 @@
+"""The systems side by side: how each is installed, fed and run."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+from bench.processes import ROOT, Stack, procfile_command, worker_processes
+from tests.support import wait_until
+
+VENVS = ROOT / "var" / "peers"
+PEER_WORKER = ["-m", "celery", "-A", "bench.peers.worker", "worker", "-l", "INFO"]
+THREADS = ["--pool", "threads", "--concurrency", "16"]
+COMMAND = ["-m", "django"]
+
+
+@dataclass
+class System:
+    """One system in one configuration; each `sender` argv runs after `python`."""
+
+    label: str
+    peer: str | None  # its virtualenv under var/peers/, None for this project
+    tuned: bool
+    kind: str  # "command" sends the backlog and exits; "worker"/"loop" stay up
+    sender: list[list[str]]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.peer}_{'tuned' if self.tuned else 'docs'}"
+
+
+def systems(vendor: str) -> list[System]:
+    """This project as the Procfile runs it; each peer as documented and tuned."""
+    workers = worker_processes()
+    loop = "runmailer_pg" if vendor == "postgresql" else "runmailer"
+    return [
+        System("this project", None, False, "worker",
+               [["-m", *procfile_command("worker")]] * workers),
+        System("post_office, docs", "post_office", False, "command",
+               [[*COMMAND, "send_queued_mail"]]),
+        System("post_office, 2 processes x 16 threads", "post_office", True,
+               "command", [[*COMMAND, "send_queued_mail", "--processes", "2"]]),
+        System("django-mailer, docs (send_mail)", "django_mailer", False,
+               "command", [[*COMMAND, "send_mail"]]),
+        System("django-mailer, runmailer_pg (PostgreSQL) or runmailer",
+               "django_mailer", True, "loop", [[*COMMAND, loop]]),
+        System("celery-email, docs (prefork)", "celery_email", False, "worker",
+               [PEER_WORKER]),
+        System("celery-email, 2 x 16 threads", "celery_email", True, "worker",
+               [[*PEER_WORKER, *THREADS]] * workers),
+    ]  # fmt: skip
+
+
+def by_label(vendor: str) -> dict[str, System]:
+    """Every system and the two post_office modes only the latency and faults
+    figures run: `priority='now'` (sent in the request) and its Celery trigger."""
+    found = {s.label: s for s in systems(vendor)}
+    docs = found["post_office, docs"]
+    now = replace(docs, label="post_office, priority='now'", kind="inline", sender=[])
+    found[now.label] = replace(now, env={"BENCH_PRIORITY": "now"})
+    found["post_office, its Celery trigger"] = replace(
+        docs, label="post_office, its Celery trigger", kind="worker",
+        sender=[PEER_WORKER], env={"BENCH_CELERY": "1"},
+    )  # fmt: skip
+    return found
+
+
+def python(peer: str | None) -> str:
+    return sys.executable if peer is None else str(VENVS / peer / "bin" / "python")
+
+
+def ensure_venv(peer: str) -> None:
+    """Make var/peers/<peer>/ from bench/peers/<peer>/requirements.txt."""
+    wanted = ROOT / "bench" / "peers" / peer / "requirements.txt"
+    pins = wanted.read_bytes() + (ROOT / "requirements.txt").read_bytes()
+    venv = VENVS / peer
+    stamp = venv / f".installed-{hashlib.sha256(pins).hexdigest()[:12]}"
+    if stamp.exists():
+        return
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-r"]
+    done = subprocess.run([*pip, str(wanted)], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"installing {wanted} failed:\n{done.stderr[-3000:]}")
+    # After site-packages, so django-mailer's `mailer` wins over the project's.
+    next(venv.glob("lib/python*/site-packages")).joinpath("bench.pth").write_text(
+        f"{ROOT}\n"
+    )
+    stamp.touch()
+
+
+class Peers:
+    """Each system's database, environment and processes within one Stack."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.databases: dict[str, str] = {}
+        self.redis_db: dict[str, int] = {}
+
+    def env(self, system: System, **extra: str) -> dict[str, str]:
+        if system.peer is None:
+            return self.stack.env(**system.env, **extra)
+        env = self.stack.env(
+            DJANGO_SETTINGS_MODULE="bench.peers.settings",
+            BENCH_PEER=system.peer,
+            BENCH_TUNED="1" if system.tuned else "0",
+            DATABASE_URL=self.databases[system.key],
+            REDIS_URL=f"{self.stack.redis_url(self.redis_db[system.key])}",
+            BENCH_LOCK=str(self.stack.directory / f"{system.key}-lock"),
+            **system.env,
+            **extra,
+        )
+        env.pop("PYTHONPATH")
+        return env
+
+    def cwd(self, system: System):
+        return ROOT if system.peer is None else VENVS / system.peer
+
+    def prepare(self, system: System) -> None:
+        """The peer's virtualenv; a database and Redis db of its own per setup."""
+        if system.peer is None or system.key in self.databases:
+            return
+        ensure_venv(system.peer)
+        self.databases[system.key] = self.stack.database.sibling(system.key)
+        self.redis_db[system.key] = len(self.redis_db) + 1
+        self.enqueue(system, count=0, migrate=True)
+
+    def enqueue(self, system: System, **options) -> dict:
+        """Run bench.peers.driver in the system's virtualenv; its JSON answer."""
+        argv = [python(system.peer), "-m", "bench.peers.driver"]
+        argv += ["--system", system.peer or "project"]
+        for name, value in options.items():
+            argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+        done = subprocess.run(
+            argv, cwd=self.cwd(system), env=self.env(system), capture_output=True,
+            text=True, timeout=600,
+        )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"{system.label}: driver failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def start(self, system: System, name: str) -> list[int]:
+        """Start a loop or worker system's processes; return their pids."""
+        pids = []
+        for index, argv in enumerate(system.sender):
+            proc, worker = f"{name}{index}", "worker" in argv
+            argv = [python(system.peer), *argv]
+            argv += ["--hostname", f"{proc}@%h"] if worker else []
+            env, cwd = self.env(system), self.cwd(system)
+            pids.append(self.stack.spawn(proc, argv, env, cwd=cwd).pid)
+            if worker:
+                self.wait_ready(proc)
+        time.sleep(0.5 if system.kind == "loop" else 0)
+        return pids
+
+    def wait_ready(self, proc: str) -> None:
+        log = self.stack.log
+        wait_until(
+            lambda: self.stack.alive(proc) or " ready." in log(proc),
+            timeout=60,
+            what=proc,
+        )
+
+    def stop(self, system: System, name: str) -> None:
+        for index in range(len(system.sender)):
+            self.stack.stop(f"{name}{index}")
+
+    def run_command(self, system: System) -> tuple[float, float]:
+        """Run a command system to its end: (CPU seconds with its children,
+        when it started)."""
+        argv, started = [python(system.peer), *system.sender[0]], time.time()
+        with (self.stack.directory / f"{system.key}.log").open("ab") as log:
+            process = subprocess.Popen(
+                argv, cwd=self.cwd(system), env=self.env(system), stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            raise RuntimeError(f"{system.label}: {argv} exited {process.returncode}")
+        return usage.ru_utime + usage.ru_stime, started
