@@ -12,10 +12,10 @@ TEXT = """
 ## Result storage per task (django-celery-results)
 
 bench/result_cost.py, $tasks simulated tasks per run: Celery's Django fixup
-hooks, this project's connection receivers, and the two result writes each task
-makes (STARTED, then SUCCESS). ms per task, median (min-max) over runs.
-"stock" is django-celery-results' `django-db` backend (`get_or_create()` then
-`save()`: SELECT, BEGIN, INSERT, COMMIT, then SELECT, UPDATE); mailer/results.py
+hooks, this project's connection receivers, and the result write each task
+makes (SUCCESS; `task_track_started` is off, so no STARTED write). ms per task,
+median (min-max) over runs. "stock" is django-celery-results' `django-db`
+backend (`get_or_create()`: SELECT, BEGIN, INSERT, COMMIT); mailer/results.py
 writes each state with one `INSERT ... ON CONFLICT (task_id) DO UPDATE`
 ("upsert"). "naive" opens a new connection per task (Celery's default).
 

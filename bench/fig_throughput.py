@@ -40,7 +40,7 @@ through the figure.
 $rows
 
 Floor: the project's workers on a task that does nothing (bench/tasks.py
-`do_nothing`: `acks_late`, task events, STARTED and SUCCESS results), $floor_count
+`do_nothing`: `acks_late`, task events, a SUCCESS result), $floor_count
 per run: $floor_rate tasks/s, $floor_cpu ms of worker CPU per task.
 Ceiling: a bare smtplib loop over one open connection sending one pre-rendered
 message, $ceiling_count per run: $ceiling_rate_50 mails/s at 50 ms (one

@@ -4,12 +4,13 @@
 
 Runs in its own process (one database per process). Per simulated task it
 does what a worker does around a send: Celery's Django fixup's prerun and
-postrun hooks, this project's connection receivers, and the two writes
-django-celery-results makes (STARTED, since task_track_started is on, then
-SUCCESS, with result_extended). "naive" is Celery's default (the fixup
-closes every connection around each task) with django-celery-results' own
-`django-db` backend; "reused" keeps the connections (CELERY_DB_REUSE_MAX,
-CONN_MAX_AGE, CONN_HEALTH_CHECKS) but still writes through `django-db`;
+postrun hooks, this project's connection receivers, and the one write
+django-celery-results makes (SUCCESS, with result_extended; STARTED is not
+stored, since task_track_started is off, as in Celery's defaults). "naive"
+is Celery's default (the fixup closes every connection around each task)
+with django-celery-results' own `django-db` backend; "reused" keeps the
+connections (CELERY_DB_REUSE_MAX, CONN_MAX_AGE, CONN_HEALTH_CHECKS) but still
+writes through `django-db`;
 "project" is this project's settings: reused connections and
 mailer.results' one-statement writes. Prints JSON.
 """
@@ -81,7 +82,6 @@ def main() -> None:
         fixup.on_task_prerun(sender=task)
         if hooks:
             project_hooks.close_unusable_connections(task=task)
-        backend.store_result(request.id, None, states.STARTED, request=request)
         backend.store_result(request.id, "sent", states.SUCCESS, request=request)
         if hooks:
             project_hooks.release_connections(task=task, state=states.SUCCESS)

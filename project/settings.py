@@ -283,7 +283,11 @@ CELERY_RESULT_BACKEND = (
 )
 CELERY_RESULT_EXTENDED = True
 CELERY_RESULT_EXPIRES = env.int("CELERY_RESULT_EXPIRES", default=7 * 86400)
-CELERY_TASK_TRACK_STARTED = True
+# No STARTED result per task: the outbox row shows an attempt in flight
+# (status "sending", its task id and attempt count, in the admin), and
+# Flower still shows STARTED from the worker's task-started event. Saves one
+# result write per mail (docs/BENCHMARKS.md).
+CELERY_TASK_TRACK_STARTED = False
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_TIME_LIMIT = MAILER_SEND_TIME_LIMIT

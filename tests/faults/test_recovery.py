@@ -6,6 +6,7 @@ fault ended to the relay's acceptance of the last mail the fault held up.
 """
 
 import os
+import re
 import signal
 import time
 
@@ -54,7 +55,12 @@ def test_worker_killed_mid_send_its_mails_go_out_within_15s_of_a_new_worker(
     took = recovery(smtp, emails, fault_ended=fault_ended)
     assert copies(smtp, emails) == [1, 1, 1]
     assert took <= 15, f"mails arrived {took:.1f} s after the new worker was ready"
-    assert "lifeline rescued mails: reclaimed=3" in default_stack.workers[1].log()
+    # One rescue, or two when a renewal fell between the claims (their leases
+    # then lapse a tick apart): the new worker's lifeline took all three.
+    rescued = re.findall(
+        r"lifeline rescued mails: reclaimed=(\d+)", default_stack.workers[1].log()
+    )
+    assert sum(map(int, rescued)) == 3, rescued
     record(
         scenario="12. worker SIGKILLed mid-send, defaults (no MAILER_* set)",
         happened=f"the new worker's lifeline took the 3 rows back when their "

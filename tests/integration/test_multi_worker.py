@@ -154,10 +154,9 @@ def test_a_worker_stopped_with_sigterm_finishes_its_sends_and_hands_back_the_res
     victim, survivor = sorted(
         (alpha, bravo), key=lambda worker: -len(received_by(worker, deliveries))
     )
-    in_flight = wait_until(
-        lambda: TaskResult.objects.filter(
-            status="STARTED", worker__startswith=f"{victim.name}@"
-        ).first(),
+    mine = [delivery.pk for delivery in received_by(victim, deliveries)]
+    in_flight = wait_until(  # the outbox row shows an attempt in flight
+        lambda: Delivery.objects.filter(pk__in=mine, status="sending").first(),
         timeout=10,
         what=f"{victim.name} sending",
     )

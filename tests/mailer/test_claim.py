@@ -1,4 +1,7 @@
+import time
+
 import pytest
+from django.utils import timezone
 
 from mailer import claims
 from mailer.models import Delivery
@@ -49,3 +52,36 @@ def test_activation_link_from_a_claimed_row_names_its_user(delivery):
     token = make_activation_token(claimed.user)
 
     assert read_activation_token(token).pk == delivery.user_id
+
+
+def test_a_fresh_claim_passes_its_fence_without_a_query(
+    delivery, django_assert_num_queries
+):
+    claimed = claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
+
+    with django_assert_num_queries(0):
+        assert claims.still_held(claimed)
+
+
+def test_a_claim_past_half_its_lease_asks_the_database_and_fails_once_lapsed(
+    delivery, monkeypatch, settings
+):
+    claimed = claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
+    Delivery.objects.filter(pk=delivery.pk).update(lease_expires_at=timezone.now())
+    later = time.monotonic() + settings.MAILER_LEASE / 2 + 0.1
+    monkeypatch.setattr(claims.time, "monotonic", lambda: later)
+    # The lease ran out in the database meanwhile: a frozen worker lost the row.
+
+    assert not claims.still_held(claimed)
+
+
+def test_a_claim_past_half_its_lease_still_held_is_renewed(
+    delivery, monkeypatch, settings
+):
+    claimed = claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
+    before = Delivery.objects.get(pk=delivery.pk).lease_expires_at
+    later = time.monotonic() + settings.MAILER_LEASE / 2 + 0.1
+    monkeypatch.setattr(claims.time, "monotonic", lambda: later)
+
+    assert claims.still_held(claimed)
+    assert Delivery.objects.get(pk=delivery.pk).lease_expires_at > before
