@@ -85,3 +85,20 @@ def test_a_claim_past_half_its_lease_still_held_is_renewed(
 
     assert claims.still_held(claimed)
     assert Delivery.objects.get(pk=delivery.pk).lease_expires_at > before
+
+
+def test_mark_sent_records_the_send_only_under_the_claim_that_holds_the_row(delivery):
+    claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
+
+    assert not claims.mark_sent(delivery_id=delivery.pk, task_id="stale copy")
+    assert claims.mark_sent(delivery_id=delivery.pk, task_id="first")
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.smtp_code, delivery.last_error) == (
+        Delivery.Status.SENT,
+        250,
+        "",
+    )
+    assert delivery.updated_at == delivery.sent_at
+    assert delivery.sent_at > delivery.created_at
+    assert Delivery.objects.filter(sent_at__gte=delivery.created_at).exists()
