@@ -165,9 +165,9 @@ def hold_claim(*, delivery_id: int, task_id: str) -> bool:
 def mark_sent(*, delivery_id: int, task_id: str) -> bool:
     """Record a delivery the relay accepted; False if the claim was lost.
 
-    The same conditional UPDATE as the other marks, in SQL written once: once
-    per mail, the ORM's compiling of it cost about 1 ms of worker CPU, two
-    thirds of the mark (bench/, docs/BENCHMARKS.md).
+    The same conditional UPDATE as the other marks, in SQL written once: run
+    once per mail, the ORM's compiling of it cost two thirds of the mark's
+    worker CPU (1.47 against 0.49 ms, in-process on PostgreSQL).
     """
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     params = [
