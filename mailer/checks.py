@@ -3,13 +3,18 @@
 from django.conf import settings
 from django.core.checks import Error, Tags, register
 
+from mailer import budget
+
 
 @register(Tags.compatibility)
 def check_delays_below_visibility_timeout(app_configs, **kwargs) -> list[Error]:
     """Every delay the send task can ask for must end before Redis redelivers."""
     options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
     visibility = options.get("visibility_timeout", 3600)
+    from mailer.attempts import THROTTLE_COUNTDOWN_MAX
+
     longest = max(
+        THROTTLE_COUNTDOWN_MAX,
         settings.MAILER_RETRY_BACKOFF_MAX,
         settings.MAILER_SEND_TIME_LIMIT,
         settings.EMAIL_TIMEOUT,
@@ -43,3 +48,35 @@ def check_heartbeat_renews_within_the_lease(app_configs, **kwargs) -> list[Error
             )
         ]
     return []
+
+
+@register(Tags.compatibility)
+def check_relay_budget(app_configs, **kwargs) -> list[Error]:
+    """MAILER_RELAY_MAX_CONNECTIONS and MAILER_RELAY_RATE must make sense at start."""
+    errors = []
+    try:
+        budget.max_connections()
+    except (TypeError, ValueError):
+        errors.append(
+            Error(
+                "MAILER_RELAY_MAX_CONNECTIONS="
+                f"{settings.MAILER_RELAY_MAX_CONNECTIONS!r} is not a whole number "
+                "of at least 1.",
+                hint="Set the open SMTP connections every worker may share, "
+                "e.g. MAILER_RELAY_MAX_CONNECTIONS=8.",
+                id="mailer.E003",
+            )
+        )
+    try:
+        budget.fixed_rate()
+    except (TypeError, ValueError):
+        errors.append(
+            Error(
+                f"MAILER_RELAY_RATE={settings.MAILER_RELAY_RATE!r} is not a "
+                "positive number of mails per second.",
+                hint="Leave it empty for no fixed rate, or set e.g. "
+                "MAILER_RELAY_RATE=14 (SES's default sending rate).",
+                id="mailer.E004",
+            )
+        )
+    return errors
