@@ -238,7 +238,7 @@ def _throttled(
         )
     if change is not None and change.changed:
         _log_limits("cut after a throttle reply", change.limits)
-    countdown = throttle_countdown(THROTTLE_COUNTDOWN_MIN * 2)
+    countdown = throttle_countdown(THROTTLE_COUNTDOWN_MIN)
     return Throttled(countdown, failure.code, failure.reason, kind)
 
 

@@ -43,7 +43,7 @@ SLOT_TTL = 10.0  # seconds a connection's hold lasts without renewal
 LEARNED_TTL = 600  # seconds a learned limit outlives the last throttle reply
 THROTTLING_QUIET = 60  # seconds without a throttle reply that end an episode
 OBSERVED_WINDOW = 60  # seconds of accepted mails the observed rate looks at
-CUT_EVERY = 1.0  # seconds: one cut per limit, however many replies say so
+CUT_EVERY = 1.0  # seconds: one cut of the rate, however many replies say so
 MIN_RATE = 0.1  # mails per second: a learned rate never goes below this
 SOCKET_TIMEOUT = 0.5  # seconds: a frozen Redis must not stall a send
 UNAVAILABLE_FOR = 5.0  # seconds the budget is not asked after Redis failed
@@ -126,31 +126,38 @@ for s = second - 70, second - 61 do redis.call('HDEL', KEYS[2], s) end
 local c = tonumber(redis.call('HGET', KEYS[1], 'concurrency'))
 local r = tonumber(redis.call('HGET', KEYS[1], 'rate'))
 if not c and not r then return {0, '', ''} end
-local run = redis.call('HINCRBY', KEYS[1], 'run', 1)
-local need = math.max(10, c or 0, math.ceil(r or 0))
-if run < need then
-  return {0, tostring(c or ''), tostring(r or '')}
-end
-redis.call('HSET', KEYS[1], 'run', 0)
+local changed = 0
+-- One more connection after a run of as many mails as connections (at
+-- least 10); a tenth more rate (at least 1/s) after a second's worth of
+-- mails (at least 5), as Postfix's positive feedback.
 if c then
-  c = c + 1
-  if c >= tonumber(ARGV[1]) then
-    redis.call('HDEL', KEYS[1], 'concurrency')
-    c = nil
-  else
-    redis.call('HSET', KEYS[1], 'concurrency', c)
+  local run = redis.call('HINCRBY', KEYS[1], 'run', 1)
+  if run >= math.max(10, c) then
+    changed = 1
+    c = c + 1
+    if c >= tonumber(ARGV[1]) then
+      redis.call('HDEL', KEYS[1], 'concurrency', 'run')
+      c = nil
+    else
+      redis.call('HSET', KEYS[1], 'concurrency', c, 'run', 0)
+    end
   end
 end
 if r then
-  r = r + math.max(1, r / 10)
-  local ceiling = tonumber(ARGV[2])
-  if ceiling > 0 and r >= ceiling then
-    redis.call('HDEL', KEYS[1], 'rate')
-    r = nil
-  else
-    redis.call('HSET', KEYS[1], 'rate', tostring(r))
+  local run = redis.call('HINCRBY', KEYS[1], 'run_rate', 1)
+  if run >= math.max(5, math.ceil(r)) then
+    changed = 1
+    r = r + math.max(1, r / 10)
+    local ceiling = tonumber(ARGV[2])
+    if ceiling > 0 and r >= ceiling then
+      redis.call('HDEL', KEYS[1], 'rate', 'run_rate')
+      r = nil
+    else
+      redis.call('HSET', KEYS[1], 'rate', tostring(r), 'run_rate', 0)
+    end
   end
 end
+if changed == 0 then return {0, tostring(c or ''), tostring(r or '')} end
 return {1, tostring(c or ''), tostring(r or '')}
 """
 
@@ -166,45 +173,45 @@ local now = second * 1000 + math.floor(tonumber(t[2]) / 1000)
 local started = redis.call('SET', KEYS[3], now, 'NX', 'EX', ARGV[7]) and 1 or 0
 if started == 0 then redis.call('EXPIRE', KEYS[3], ARGV[7]) end
 local changed = 0
-local field = ARGV[1] == 'connections' and 'concurrency' or 'rate'
-local last = tonumber(redis.call('HGET', KEYS[1], 'cut_' .. field))
-if not last or now - last >= tonumber(ARGV[8]) then
-  if field == 'concurrency' then
-    local current = tonumber(redis.call('HGET', KEYS[1], 'concurrency'))
-      or tonumber(ARGV[3])
-    local new = math.max(1, tonumber(ARGV[2]))
-    if new < current then
-      redis.call('HSET', KEYS[1], 'concurrency', new)
-      changed = 1
-    end
-  else
-    local current = tonumber(redis.call('HGET', KEYS[1], 'rate'))
-    local ceiling = tonumber(ARGV[4])
-    if not current and ceiling > 0 then current = ceiling end
-    local accepted, oldest = 0, nil
-    for s = second - 59, second do
-      local n = tonumber(redis.call('HGET', KEYS[2], s))
-      if n and n > 0 then
-        accepted = accepted + n
-        if not oldest then oldest = s end
-      end
-    end
-    local new
-    if accepted > 0 then
-      new = accepted / (second - oldest + 1)
-      if current and new >= current then new = current / 2 end
-    elseif current then
-      new = current / 2
-    else
-      new = 1
-    end
-    new = math.max(tonumber(ARGV[5]), new)
-    if not current or new < current then
-      redis.call('HSET', KEYS[1], 'rate', tostring(new))
-      changed = 1
+if ARGV[1] == 'connections' then
+  -- An observation, not a multiplier: every reply may lower it further.
+  local current = tonumber(redis.call('HGET', KEYS[1], 'concurrency'))
+    or tonumber(ARGV[3])
+  local new = math.max(1, tonumber(ARGV[2]))
+  if new < current then
+    redis.call('HSET', KEYS[1], 'concurrency', new, 'run', 0)
+    changed = 1
+  end
+else
+  local current = tonumber(redis.call('HGET', KEYS[1], 'rate'))
+  local ceiling = tonumber(ARGV[4])
+  if not current and ceiling > 0 then current = ceiling end
+  local accepted, oldest = 0, nil
+  for s = second - 59, second do
+    local n = tonumber(redis.call('HGET', KEYS[2], s))
+    if n and n > 0 then
+      accepted = accepted + n
+      if not oldest then oldest = s end
     end
   end
-  redis.call('HSET', KEYS[1], 'cut_' .. field, now, 'run', 0)
+  local new
+  if accepted > 0 then
+    new = accepted / math.max(1, now / 1000 - oldest)
+    if current and new >= current then new = current / 2 end
+  elseif current then
+    new = current / 2
+  else
+    new = 1
+  end
+  -- Once per CUT_EVERY, however many replies say so: the rest of a relay's
+  -- window refuses everything, and the rate looks lower each time.
+  local last = tonumber(redis.call('HGET', KEYS[1], 'cut_rate'))
+  local recent = last and now - last < tonumber(ARGV[8])
+  new = math.max(tonumber(ARGV[5]), new)
+  if (not current or new < current) and not recent then
+    redis.call('HSET', KEYS[1], 'rate', tostring(new), 'cut_rate', now, 'run_rate', 0)
+    changed = 1
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
 local c = redis.call('HGET', KEYS[1], 'concurrency') or ''
@@ -319,9 +326,9 @@ def note_throttled(*, limit: str, others_open: int) -> Change | None:
     """Cut the learned limit a throttle reply was about: "connections" or "rate".
 
     Connections go down to the ones of ours that were still open (at least
-    one); the rate to the rate the relay accepted over the last minute
-    (halved if that is no lower than the rate in force). One cut per limit
-    per CUT_EVERY, however many replies arrive in that second.
+    one); the rate to the rate the relay accepted over the last minute, or
+    half the rate in force if that was no lower; the rate at most once per
+    CUT_EVERY, however many replies arrive in that second.
     """
     reply = _run(
         _THROTTLED,

@@ -71,13 +71,24 @@ def test_a_connection_throttle_cuts_concurrency_to_the_connections_still_working
     ]
 
 
-def test_one_cut_per_second_however_many_replies_say_so(shared):
+def test_every_connection_throttle_may_lower_concurrency_never_raise_it(shared):
     budget.note_throttled(limit="connections", others_open=2)
 
-    again = budget.note_throttled(limit="connections", others_open=1)
+    lower = budget.note_throttled(limit="connections", others_open=1)
+    higher = budget.note_throttled(limit="connections", others_open=2)
+
+    assert lower.changed and not lower.started
+    assert not higher.changed
+    assert budget.current_limits().concurrency == 1
+
+
+def test_one_halving_of_the_rate_per_second_however_many_replies_say_so(shared):
+    budget.note_throttled(limit="rate", others_open=0)  # nothing accepted: 1/s
+
+    again = budget.note_throttled(limit="rate", others_open=0)
 
     assert not again.changed and not again.started
-    assert budget.current_limits().concurrency == 2
+    assert budget.current_limits().rate == 1
 
 
 def test_a_run_of_accepted_mails_raises_concurrency_back_to_the_ceiling(shared):
