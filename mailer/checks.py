@@ -1,9 +1,14 @@
 """System checks for mailer settings that would lose or duplicate mail."""
 
+import logging
+
+from celery.signals import worker_init
 from django.conf import settings
 from django.core.checks import Error, Tags, register
 
 from mailer import budget
+
+logger = logging.getLogger(__name__)
 
 
 @register(Tags.compatibility)
@@ -80,3 +85,23 @@ def check_relay_budget(app_configs, **kwargs) -> list[Error]:
             )
         )
     return errors
+
+
+@worker_init.connect(dispatch_uid="mailer.checks.worker_refuses_errors")
+def refuse_to_start_with_errors(**kwargs) -> None:
+    """Stop a worker whose mailer settings fail their checks, before it takes mail.
+
+    Celery's Django fixup runs the system checks and ignores what they
+    find, and an exception in a signal receiver is only logged: exiting is
+    the one way a worker start can fail here.
+    """
+    checks = (
+        check_delays_below_visibility_timeout,
+        check_heartbeat_renews_within_the_lease,
+        check_relay_budget,
+    )
+    errors = [error for check in checks for error in check(None) if error.is_serious()]
+    for error in errors:
+        logger.critical("%s: %s HINT: %s", error.id, error.msg, error.hint)
+    if errors:
+        raise SystemExit(1)

@@ -32,6 +32,7 @@ IDLE_CHECK_AFTER = 2.0  # seconds idle before a NOOP checks the line
 IDLE_CLOSE_AFTER = 5.0  # seconds idle before the connection is closed
 REAP_EVERY = 1.0  # seconds between the reaper's rounds
 POLL = 0.1  # seconds between tries for a slot while every one is taken
+LOCAL = "local"  # a connection on this process's own cap: the budget was away
 
 
 class NoBudget(Exception):
@@ -94,6 +95,7 @@ class Pool:
         self.lock = threading.Condition()
         self.idle: list[Connection] = []  # most recently used last
         self.busy: set[Connection] = set()
+        self.opening = 0  # connections being opened on this process's own cap
         self.pid = os.getpid()
         self.reaper: threading.Thread | None = None
         self.stopping = threading.Event()
@@ -131,7 +133,13 @@ class Pool:
                 backend.open()  # not SMTP: nothing to count
                 return self._lent(Connection(backend, None))
             holder = self._slot()
-            if holder is not False:
+            if holder is LOCAL:
+                try:
+                    return self._lent(self._open(backend, None))
+                finally:
+                    with self.lock:
+                        self.opening -= 1
+            if holder is not None:
                 return self._lent(self._open(backend, holder))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -154,9 +162,10 @@ class Pool:
                 return
         self._close(conn)
 
-    def close_idle(self, *, older_than: float = IDLE_CLOSE_AFTER) -> int:
-        """Say QUIT on connections idle for `older_than` seconds; return how many."""
-        cutoff = time.monotonic() - older_than
+    def close_idle(self, *, older_than: float | None = None) -> int:
+        """Say QUIT on connections idle that long (IDLE_CLOSE_AFTER); return how many."""
+        idle_for = IDLE_CLOSE_AFTER if older_than is None else older_than
+        cutoff = time.monotonic() - idle_for
         with self.lock:
             old = [conn for conn in self.idle if conn.last_used <= cutoff]
             self.idle = [conn for conn in self.idle if conn.last_used > cutoff]
@@ -206,17 +215,20 @@ class Pool:
             self.busy.add(conn)
         return conn
 
-    def _slot(self) -> str | None | bool:
-        """A slot's holder name; None when the budget is away; False when full."""
+    def _slot(self) -> str | None:
+        """A budget slot's holder name, LOCAL when the budget is away, None if full."""
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         granted = budget.acquire_slot(holder=holder)
         if granted:
             self._start_reaper()
             return holder
         if granted is None:  # no shared budget: this process's own cap holds
-            if self.open_count() < budget.max_connections():
-                return None
-        return False
+            with self.lock:
+                count = len(self.idle) + len(self.busy) + self.opening
+                if count < budget.max_connections():
+                    self.opening += 1
+                    return LOCAL
+        return None
 
     def _open(self, backend, holder: str | None) -> Connection:
         try:
