@@ -163,7 +163,7 @@ class Pool:
         self._close(conn)
 
     def close_idle(self, *, older_than: float | None = None) -> int:
-        """Say QUIT on connections idle that long (IDLE_CLOSE_AFTER); return how many."""
+        """QUIT connections idle that long (IDLE_CLOSE_AFTER); return how many."""
         idle_for = IDLE_CLOSE_AFTER if older_than is None else older_than
         cutoff = time.monotonic() - idle_for
         with self.lock:
