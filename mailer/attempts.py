@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 # Seconds a task may wait for a connection slot or a rate token before it
 # goes back to the queue: a worker thread is never held asleep for long.
 BUDGET_WAIT = 2.0
-# Seconds before a throttled mail comes back (with jitter); far below the
-# Redis visibility_timeout (mailer.checks).
+# Seconds before a throttled mail comes back (with jitter); at most a quarter
+# of the Redis visibility_timeout, so a held copy is never redelivered.
 THROTTLE_COUNTDOWN_MIN = 1.0
 THROTTLE_COUNTDOWN_MAX = 10.0
 
@@ -314,8 +314,10 @@ def retry_countdown(retries: int) -> float:
 
 def throttle_countdown(wait: float) -> float:
     """Seconds until a throttled mail comes back: about `wait`, with jitter, bounded."""
-    low = min(max(wait, THROTTLE_COUNTDOWN_MIN), THROTTLE_COUNTDOWN_MAX)
-    return min(low + random.uniform(0, low), THROTTLE_COUNTDOWN_MAX)
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
+    ceiling = min(THROTTLE_COUNTDOWN_MAX, options.get("visibility_timeout", 3600) / 4)
+    low = min(max(wait, THROTTLE_COUNTDOWN_MIN), ceiling)
+    return min(low + random.uniform(0, low), ceiling)
 
 
 def database_countdown(retries: int) -> float:
