@@ -49,6 +49,9 @@ def build_message(delivery: Delivery) -> EmailMultiAlternatives:
     message.attach_alternative(
         render_to_string(f"{template}.html", context), "text/html"
     )
+    # anymail sends it to the ESP, whose bounce webhook brings it back
+    # (mailer/esp.py); Django's SMTP backend ignores the attribute.
+    message.metadata = {"delivery_id": str(delivery.pk)}
     return message
 
 

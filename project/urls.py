@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
@@ -12,3 +13,8 @@ urlpatterns = [
     path("api/openapi.json", openapi_document, name="openapi"),
     path("", include("users.urls")),
 ]
+
+# ESP tracking webhooks (anymail's own URLs, e.g. /anymail/postmark/tracking/),
+# served only behind their basic-auth secret: without it, 404.
+if settings.ANYMAIL.get("WEBHOOK_SECRET"):
+    urlpatterns.insert(0, path("anymail/", include("anymail.urls")))
