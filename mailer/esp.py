@@ -62,7 +62,8 @@ def classify_anymail_error(error: AnymailError) -> SendFailure:
     if isinstance(error, AnymailRecipientsRefused):
         code = status if status and status >= 400 else REFUSED_CODE
         return SendFailure(transient=False, code=code, reason=reason)
-    if isinstance(error, requests.Timeout | requests.ConnectionError):
+    if isinstance(error.__cause__, requests.RequestException):
+        # No answer came (refused, reset, timed out, cut off mid-answer).
         return SendFailure(transient=True, code=None, reason=reason)
     if isinstance(error, AnymailAPIError) and status is not None:
         if status == TOO_MANY_REQUESTS or status >= 500:
@@ -108,7 +109,8 @@ def _reason(error: AnymailError) -> str:
         message = response.json().get("Message") if response is not None else None
     except (ValueError, AttributeError):
         message = None
-    text = str(message) if message else str(error).splitlines()[0]
+    # Else the exception's first lines: its message and its cause, if any.
+    text = str(message) if message else " ".join(str(error).splitlines()[:2])
     esp = getattr(error, "esp_name", None) or "ESP"
     return f"{esp}: {text}"[:1000]
 

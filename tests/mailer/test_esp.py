@@ -119,6 +119,39 @@ def test_an_unreachable_esp_is_transient_and_retried(postmark, delivery, setting
     assert not Suppression.objects.exists()
 
 
+def test_an_unreachable_esp_is_named_in_the_rows_error(postmark, delivery, settings):
+    settings.MAILER_MAX_RETRIES = 0
+    closed = f"http://127.0.0.1:{free_port()}/"
+    settings.ANYMAIL = {**settings.ANYMAIL, "POSTMARK_API_URL": closed}
+
+    outcome, delivery = send(delivery)
+
+    assert outcome == "failed" and delivery.smtp_code is None
+    assert "Error posting to" in delivery.last_error
+    assert "ConnectionError" in delivery.last_error
+
+
+def test_a_timeout_after_the_esp_took_the_mail_sends_a_second_copy(
+    postmark, delivery, settings
+):
+    """The duplicate window of an HTTP API (docs/RELIABILITY.md), measured."""
+    settings.MAILER_MAX_RETRIES = 1
+    settings.MAILER_RETRY_BACKOFF = 0.01
+    settings.ANYMAIL = {**settings.ANYMAIL, "REQUESTS_TIMEOUT": 0.5}
+    postmark.slow_seconds = 1.5
+    postmark.replies["ada@example.com"] = ["slow"]
+
+    outcome, delivery = send(delivery)
+
+    assert outcome == "sent" and delivery.retries == 1
+    copies = postmark.accepted_to("ada@example.com")
+    assert len(copies) == 2
+    ids = {
+        h["Value"] for c in copies for h in c["Headers"] if h["Name"] == "Message-ID"
+    }
+    assert ids == {delivery.message_id}
+
+
 def test_a_suppressed_address_makes_no_api_call(postmark, delivery):
     Suppression.objects.create(
         address="ada@example.com", reason="complaint", source="webhook"

@@ -5,11 +5,14 @@ email-api): 200 with the accepted mail's MessageID, or the error shapes for
 an inactive recipient (422, ErrorCode 406), an invalid address (422,
 ErrorCode 300), a bad server token (401, ErrorCode 10), a rate limit (429)
 and a server error (500). Replies are scripted per recipient, attempt by
-attempt; every request is kept.
+attempt ("slow" accepts the mail, then answers after `slow_seconds`: a
+client that timed out meanwhile does not know it was sent); every request
+is kept.
 """
 
 import json
 import threading
+import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -64,6 +67,7 @@ class FakePostmark:
         self.accepted: list[dict] = []
         self.attempts: dict[str, int] = defaultdict(int)
         self.replies: dict[str, list[str]] = {}
+        self.slow_seconds = 2.0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -99,9 +103,11 @@ class FakePostmark:
             self.attempts[to.lower()] += 1
             scripted = self.replies.get(to.lower())
             reply = scripted.pop(0) if scripted else "ok"
-            if reply != "ok":
+            if reply not in {"ok", "slow"}:
                 return REPLIES[reply](to)
             self.accepted.append(body)
+        if reply == "slow":
+            time.sleep(self.slow_seconds)
         return 200, {
             "To": to,
             "SubmittedAt": datetime.now(UTC).isoformat(),
