@@ -223,3 +223,14 @@ def test_a_rerun_without_the_flag_is_still_withheld(mailoutbox):
 
     assert result.get() == "suppressed"
     assert mailoutbox == []
+
+
+def test_the_list_outlives_the_account_so_a_new_account_is_not_mailed(mailoutbox):
+    old = DeliveryFactory(user__email="gone@example.com")
+    listed("gone@example.com")
+    old.user.delete()
+
+    again = DeliveryFactory(user__email="Gone@example.com")
+
+    assert send_welcome_email.apply(args=(again.pk,)).get() == "suppressed"
+    assert mailoutbox == []
