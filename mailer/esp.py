@@ -7,6 +7,7 @@ and suppresses their addresses, and only writes rows, so a burst of
 webhook calls never waits on a send.
 """
 
+import functools
 import hashlib
 import logging
 
@@ -19,6 +20,8 @@ from anymail.exceptions import (
 from anymail.signals import AnymailTrackingEvent, EventType, RejectReason
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.http import HttpResponseBadRequest
+from django.urls import URLPattern
 
 from mailer import suppression
 from mailer.models import Delivery, Suppression, TrackingEvent
@@ -216,3 +219,46 @@ def uses_anymail(backend_path: str) -> bool:
     return backend_path.startswith("anymail.backends.") and not backend_path.endswith(
         (".test.EmailBackend", ".console.EmailBackend")
     )
+
+
+def webhook_urls() -> tuple[list[URLPattern], str]:
+    """anymail's webhook URLs (its namespace too), each refusing unreadable bodies."""
+    from anymail import urls
+
+    patterns = [
+        URLPattern(
+            pattern.pattern,
+            _unreadable_is_bad_request(pattern.callback),
+            pattern.default_args,
+            pattern.name,
+        )
+        for pattern in urls.urlpatterns
+    ]
+    return patterns, urls.app_name
+
+
+# What anymail's parsers raise on a body that is not the ESP's format.
+UNREADABLE = (ValueError, TypeError, KeyError, AttributeError)
+
+
+def _unreadable_is_bad_request(view):
+    """Answer 400, not 500, when anymail cannot read an authenticated event.
+
+    anymail checks the basic auth first (400 when it fails), then parses: a
+    body that is not JSON or not the ESP's shape raised out of the view as a
+    500. A database error still gives 500, so the ESP sends the event again.
+    """
+
+    @functools.wraps(view)
+    def wrapped(request, *args, **kwargs):
+        try:
+            return view(request, *args, **kwargs)
+        except UNREADABLE as error:
+            logger.warning(
+                "ESP webhook %s: unreadable event (%s)",
+                request.path,
+                type(error).__name__,
+            )
+            return HttpResponseBadRequest("Unreadable event.\n")
+
+    return wrapped
