@@ -318,3 +318,9 @@ def test_the_too_many_page_is_translated(client, settings):
 
     assert response.status_code == 429
     assert "Zu viele Versuche" in response.content.decode()
+
+
+def test_the_api_document_names_exactly_the_shipped_languages(settings):
+    from project.openapi import LANGUAGES
+
+    assert LANGUAGES == [code for code, _name in settings.LANGUAGES]
