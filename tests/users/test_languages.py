@@ -324,3 +324,29 @@ def test_the_api_document_names_exactly_the_shipped_languages(settings):
     from project.openapi import LANGUAGES
 
     assert LANGUAGES == [code for code, _name in settings.LANGUAGES]
+
+
+def test_a_missing_page_answers_404_in_the_request_language(client):
+    response = client.get("/no-such-page/", HTTP_ACCEPT_LANGUAGE="de")
+
+    assert response.status_code == 404
+    assert "<h1>Seite nicht gefunden</h1>" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("language", "heading"),
+    [
+        ("en", "Something went wrong"),
+        ("de", "Etwas ist schiefgelaufen"),
+        ("es", "Algo ha salido mal"),
+    ],
+)
+def test_the_server_error_page_is_in_the_active_language(rf, language, heading):
+    from django.utils import translation
+    from django.views.defaults import server_error
+
+    with translation.override(language):
+        response = server_error(rf.get("/register/"))
+
+    assert response.status_code == 500
+    assert f"<h1>{heading}</h1>" in response.content.decode()
