@@ -8,8 +8,10 @@ that this test process serves. No real ESP is ever called.
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -167,3 +169,23 @@ def test_a_rate_limited_esp_is_waited_for_without_spending_retries(stack):
     assert stack.api.attempts["busy@example.com"] == 3
     assert len(stack.api.accepted_to("busy@example.com")) == 1
     assert not Suppression.objects.exists()
+
+
+def test_a_burst_of_webhook_calls_is_stored_once_per_event(stack, capsys):
+    """100 calls from 20 threads, one event sent 10 times: 91 events, all 200."""
+    bodies = [
+        bounce_event(email=f"burst{n}@example.com", event_id=10_000 + n)
+        for n in range(90)
+    ]
+    bodies += [bounce_event(email="twice@example.com", event_id=99)] * 10
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(stack.post_event, bodies))
+    elapsed = time.monotonic() - started
+
+    assert answers == [200] * 100
+    assert TrackingEvent.objects.count() == 91
+    assert Suppression.objects.count() == 91
+    with capsys.disabled():
+        print(f"\nwebhook burst: 100 calls (20 at once) answered in {elapsed:.2f}s")
