@@ -19,7 +19,7 @@ from anymail.exceptions import (
 )
 from anymail.signals import AnymailTrackingEvent, EventType, RejectReason
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.http import HttpResponseBadRequest
 from django.urls import URLPattern
 
@@ -37,6 +37,7 @@ DEAD_ADDRESS_STATUSES = frozenset({"rejected", "invalid"})
 # A refusal with no HTTP error status still gets a 5xx code on the row.
 REFUSED_CODE = 550
 TOO_MANY_REQUESTS = 429
+MAX_ADDRESS = 254  # RFC 5321's limit, and the address columns'
 
 # Anymail names Postmark's SoftBounce (a full mailbox, a quota) "bounced"
 # too; Postmark itself keeps such an address active, and so do we.
@@ -99,10 +100,18 @@ def suppress_refused_recipient(*, address: str, error: BaseException) -> bool:
 
 
 def suppress_after_failure(*, address: str, error: BaseException) -> bool:
-    """Suppress `address` after a permanent failure that says it is dead."""
-    if isinstance(error, AnymailError):
-        return suppress_refused_recipient(address=address, error=error)
-    return suppression.suppress_after_failure(address=address, error=error)
+    """Suppress `address` after a permanent failure that says it is dead.
+
+    A database error here is logged, not raised: the row is still marked
+    failed, and the next failure of the address suppresses it.
+    """
+    try:
+        if isinstance(error, AnymailError):
+            return suppress_refused_recipient(address=address, error=error)
+        return suppression.suppress_after_failure(address=address, error=error)
+    except DatabaseError:
+        logger.warning("could not suppress after a permanent failure", exc_info=True)
+        return False
 
 
 def _reason(error: AnymailError) -> str:
@@ -152,9 +161,9 @@ def record_event(*, esp_name: str, event: AnymailTrackingEvent) -> bool:
     recipient, or a replay of an event already stored.
     """
     reason = suppression_reason(esp_name, event)
-    if reason is None or not event.recipient:
-        return False
-    event_id = event.event_id or _digest(esp_name, event)
+    if reason is None or not event.recipient or len(event.recipient) > MAX_ADDRESS:
+        return False  # nothing to suppress: no address could have been sent to
+    event_id = (event.event_id or _digest(esp_name, event))[:255]
     stored, created = TrackingEvent.objects.get_or_create(
         esp_name=esp_name,
         event_id=event_id,

@@ -147,3 +147,13 @@ def test_the_smtp_backend_needs_no_webhook_secret(settings):
     settings.EMAIL_BACKEND = "mailer.smtp.EmailBackend"
 
     assert "mailer.W001" not in [message.id for message in run_checks()]
+
+
+def test_an_event_for_an_overlong_address_is_read_and_suppresses_nothing(
+    client, webhooks
+):
+    address = "x" * 250 + "@example.com"
+
+    assert post(client, bounce_event(email=address, event_id=12)).status_code == 200
+
+    assert not Suppression.objects.exists() and not TrackingEvent.objects.exists()
