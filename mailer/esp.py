@@ -44,11 +44,15 @@ MAX_ADDRESS = 254  # RFC 5321's limit, and the address columns'
 SOFT_BOUNCES = {"Postmark": frozenset({"SoftBounce"})}
 
 
-def classify_send_error(error: BaseException) -> SendFailure:
-    """Classify a failed send from any backend: SMTP, or an anymail ESP."""
+def classify_send_error(error: BaseException, **smtp_context) -> SendFailure:
+    """Classify a failed send from any backend: SMTP, or an anymail ESP.
+
+    `smtp_context` goes to `classify_smtp_error` as it is (what else the
+    SMTP classification wants to know about the relay).
+    """
     if isinstance(error, AnymailError):
         return classify_anymail_error(error)
-    return classify_smtp_error(error)
+    return classify_smtp_error(error, **smtp_context)
 
 
 def classify_anymail_error(error: AnymailError) -> SendFailure:
