@@ -234,3 +234,14 @@ def test_the_list_outlives_the_account_so_a_new_account_is_not_mailed(mailoutbox
 
     assert send_welcome_email.apply(args=(again.pk,)).get() == "suppressed"
     assert mailoutbox == []
+
+
+def test_a_5_1_1_at_rcpt_to_suppresses_too(smtp, real_smtp):
+    delivery = DeliveryFactory(user__email="nobody@example.com")
+    smtp.script.rcpt_reply = "550 5.1.1 <nobody@example.com>: Recipient unknown"
+
+    assert send_welcome_email.apply(args=(delivery.pk,)).failed()
+
+    entry = Suppression.objects.get()
+    assert entry.address == "nobody@example.com"
+    assert entry.evidence == "550 5.1.1 <nobody@example.com>: Recipient unknown"

@@ -5,10 +5,12 @@ import importlib
 import json
 
 import pytest
+from anymail.signals import AnymailTrackingEvent
 from django.core.checks import run_checks
 from django.urls import clear_url_caches
 
 from mailer import metrics
+from mailer.esp import record_event
 from mailer.models import Delivery, Suppression, TrackingEvent
 from mailer.suppression import lift
 from tests.factories import DeliveryFactory
@@ -157,3 +159,31 @@ def test_an_event_for_an_overlong_address_is_read_and_suppresses_nothing(
     assert post(client, bounce_event(email=address, event_id=12)).status_code == 200
 
     assert not Suppression.objects.exists() and not TrackingEvent.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("event_type", "reject_reason", "suppressed"),
+    [
+        ("bounced", "bounced", "hard_bounce"),
+        ("rejected", "bounced", "hard_bounce"),
+        ("rejected", "invalid", "hard_bounce"),
+        ("complained", "spam", "complaint"),
+        ("rejected", "blocked", None),
+        ("rejected", "unsubscribed", None),
+        ("deferred", None, None),
+        ("delivered", None, None),
+        ("unsubscribed", "unsubscribed", None),
+    ],
+)
+def test_which_normalized_events_suppress(event_type, reject_reason, suppressed):
+    event = AnymailTrackingEvent(
+        event_type=event_type,
+        reject_reason=reject_reason,
+        recipient="ada@example.com",
+        event_id=f"{event_type}-{reject_reason}",
+        esp_event={},
+    )
+
+    assert record_event(esp_name="SendGrid", event=event) is bool(suppressed)
+    reasons = list(Suppression.objects.values_list("reason", flat=True))
+    assert reasons == ([suppressed] if suppressed else [])
