@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from mailer import claims, metrics, relay
-from mailer.smtp import ClaimLost, classify_smtp_error
+from mailer import claims, esp, metrics, relay, suppression
+from mailer.smtp import ClaimLost
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,16 @@ class Failed:
     name = "failed"
 
 
-Outcome = Sent | Skipped | Parked | RetryAfter | Failed
+@dataclass(frozen=True)
+class Suppressed:
+    """Not sent: the address is on the suppression list (mailer/suppression.py)."""
+
+    kind: str
+    name = "suppressed"
+    code = None
+
+
+Outcome = Sent | Skipped | Parked | RetryAfter | Failed | Suppressed
 
 
 def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome:
@@ -82,13 +91,15 @@ def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome
         return RetryAfter(countdown, None, error, settings.MAILER_MAX_RETRIES)
     if delivery is None:
         return _counted(Skipped())
+    if suppression.withhold(delivery):
+        return _counted(Suppressed(delivery.kind))
     started = time.monotonic()
     try:
         claims.send_delivery(delivery)
     except ClaimLost:
         logger.warning("delivery %s: claim lost before DATA, not sent", delivery_id)
         return _counted(Skipped(delivery.kind))
-    except OSError as error:  # every smtplib error, timeouts, resets
+    except esp.SEND_ERRORS as error:  # every smtplib error, timeouts, resets, ESP
         outcome = _after_failure(delivery, task_id, error)
         return _counted(outcome, error=error, started=started)
     _record_sent(delivery_id, task_id)
@@ -110,9 +121,9 @@ def _counted(outcome: Outcome, *, error=None, started=None, latency=None) -> Out
     return outcome
 
 
-def _after_failure(delivery, task_id: str, error: OSError) -> Outcome:
-    """Park, retry or fail a claimed row after SMTP said no."""
-    failure = classify_smtp_error(error)
+def _after_failure(delivery, task_id: str, error: Exception) -> Outcome:
+    """Park, retry or fail a claimed row after SMTP (or an ESP) said no."""
+    failure = esp.classify_send_error(error)
     if failure.relay_wide:
         relay.note_down(failure.reason)
         return _park(delivery.pk, task_id, failure.code, failure.reason, delivery.kind)
@@ -126,6 +137,8 @@ def _after_failure(delivery, task_id: str, error: OSError) -> Outcome:
             reason=failure.reason,
         )
         return RetryAfter(countdown, failure.code, error, kind=delivery.kind)
+    if not failure.transient:
+        esp.suppress_after_failure(address=delivery.user.email, error=error)
     claims.mark_failed(
         delivery_id=delivery.pk,
         task_id=task_id,

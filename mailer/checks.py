@@ -1,7 +1,7 @@
 """System checks for mailer settings that would lose or duplicate mail."""
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
 
 
 @register(Tags.compatibility)
@@ -40,6 +40,27 @@ def check_heartbeat_renews_within_the_lease(app_configs, **kwargs) -> list[Error
                 "hand a live worker's mails to another worker.",
                 hint="Keep MAILER_LEASE at least 3x MAILER_HEARTBEAT_INTERVAL.",
                 id="mailer.E002",
+            )
+        ]
+    return []
+
+
+@register(Tags.security)
+def check_esp_webhooks_have_a_secret(app_configs, **kwargs) -> list[Warning]:
+    """An ESP backend without ANYMAIL_WEBHOOK_SECRET hears no bounce or complaint."""
+    from mailer.esp import uses_anymail
+
+    secret = getattr(settings, "ANYMAIL", {}).get("WEBHOOK_SECRET")
+    if uses_anymail(settings.EMAIL_BACKEND) and not secret:
+        return [
+            Warning(
+                f"EMAIL_BACKEND is an ESP ({settings.EMAIL_BACKEND}) but "
+                "ANYMAIL_WEBHOOK_SECRET is not set: the /anymail/ webhooks are "
+                "not served, so the ESP's bounces and complaints never reach "
+                "the suppression list.",
+                hint="Set ANYMAIL_WEBHOOK_SECRET=user:password and give the ESP "
+                "https://user:password@<host>/anymail/<esp>/tracking/.",
+                id="mailer.W001",
             )
         ]
     return []

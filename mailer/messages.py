@@ -58,6 +58,9 @@ def build_message(delivery: Delivery) -> EmailMultiAlternatives:
         headers={"Message-ID": delivery.message_id},
     )
     message.attach_alternative(html, "text/html")
+    # anymail sends it to the ESP, whose bounce webhook brings it back
+    # (mailer/esp.py); Django's SMTP backend ignores the attribute.
+    message.metadata = {"delivery_id": str(delivery.pk)}
     return message
 
 

@@ -25,12 +25,17 @@ configure_metrics()
 KINDS = frozenset({"welcome", "account_exists", "activation", "unknown"})
 # "deferred" / "parked": a mail held back while the relay is down (the
 # recovery work names it "parked"; both stay countable while it settles).
-OUTCOMES = frozenset({"sent", "retry", "failed", "skipped", "deferred", "parked"})
+OUTCOMES = frozenset(
+    {"sent", "retry", "failed", "skipped", "deferred", "parked", "suppressed"}
+)
 SMTP_CLASSES = frozenset({"2xx", "4xx", "5xx", "timeout", "connection"})
 RETRY_CAUSES = frozenset({"smtp", "database"})
 # Who judged the relay's state: the last send attempt, or a relay breaker.
 RELAY_SOURCES = frozenset({"attempts", "breaker"})
 OTHER = "other"
+# Suppression (mailer/suppression.py): what a bounce was, and who reported it.
+BOUNCE_REASONS = frozenset({"hard_bounce", "complaint"})
+BOUNCE_SOURCES = frozenset({"smtp", "esp_api", "webhook", "admin"})
 
 # Seconds: one SMTP exchange is milliseconds against a healthy relay and
 # EMAIL_TIMEOUT (10 s) at worst; a mail's latency spans retries (minutes).
@@ -84,6 +89,12 @@ RELAY_UP = Gauge(
     ["source"],
     multiprocess_mode="livemin",
 )
+BOUNCES = Counter(
+    "mailer_bounces",
+    "Hard bounces and complaints seen, by reason and source (smtp, esp_api, "
+    "webhook), whether or not the address was already suppressed.",
+    ["reason", "source"],
+)
 
 
 def record_attempt(
@@ -118,6 +129,13 @@ def record_attempt(
 def record_database_retry() -> None:
     """Count a send task rescheduled because the database failed its claim."""
     RETRIES.labels(cause="database").inc()
+
+
+def record_bounce(*, reason: str, source: str) -> None:
+    """Count a hard bounce or complaint (mailer.suppression.suppress)."""
+    BOUNCES.labels(
+        reason=_bounded(reason, BOUNCE_REASONS), source=_bounded(source, BOUNCE_SOURCES)
+    ).inc()
 
 
 def record_sweep(*, reclaimed: int, redispatched: int, not_published: int) -> None:

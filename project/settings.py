@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_celery_results",
+    "anymail",
     "users",
     "mailer",
 ]
@@ -182,6 +183,22 @@ EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
 DEFAULT_FROM_EMAIL = env.str(
     "DEFAULT_FROM_EMAIL", default="Welcome <no-reply@example.com>"
 )
+
+# --- ESP (django-anymail) ---------------------------------------------------
+
+# EMAIL_BACKEND=anymail.backends.postmark.EmailBackend (or another anymail
+# backend) sends through an ESP's HTTP API instead of SMTP. Its bounce and
+# complaint webhooks are served under /anymail/ only when
+# ANYMAIL_WEBHOOK_SECRET (user:password, sent as basic auth) is set.
+ANYMAIL = {
+    "WEBHOOK_SECRET": env.str("ANYMAIL_WEBHOOK_SECRET", default="") or None,
+    # Like EMAIL_TIMEOUT for SMTP: well below the Redis visibility timeout.
+    "REQUESTS_TIMEOUT": EMAIL_TIMEOUT,
+    "POSTMARK_SERVER_TOKEN": env.str("POSTMARK_SERVER_TOKEN", default=""),
+    "POSTMARK_API_URL": env.str(
+        "POSTMARK_API_URL", default="https://api.postmarkapp.com/"
+    ),
+}
 
 # --- Mailer -----------------------------------------------------------------
 
