@@ -54,9 +54,7 @@ def send_burst(
 ) -> tuple[list[Delivery], float]:
     """Commit `count` outbox rows and publish their tasks at once; when it was."""
     deliveries = [
-        create_welcome_delivery(
-            user_id=UserFactory(email=f"{prefix}{n}@example.com").pk
-        )
+        create_welcome_delivery(user=UserFactory(email=f"{prefix}{n}@example.com"))
         for n in range(count)
     ]
     started = time.monotonic()
@@ -117,12 +115,12 @@ def test_a_rate_limit_answered_with_throttling_failures_delivers_a_burst_at_its_
 
     assert_each_once_no_retry_none_parked(smtp, deliveries)
     assert smtp.refused_mails > 0  # the relay did throttle
-    floor = BURST / smtp.script.rate - 1  # ten at once, then ten a second
+    floor = BURST / smtp.script.rate  # the relay's own rate
     print(
         f"\nrate 10/s: {BURST} mails in {elapsed:.1f} s (the relay's floor "
         f"{floor:.0f} s), {smtp.refused_mails} mails refused as too fast"
     )
-    assert elapsed < 4 * floor
+    assert elapsed <= 2 * floor
 
 
 def test_a_postfix_message_rate_delivers_a_burst_close_to_the_relays_floor(
