@@ -72,7 +72,8 @@ end
 return {0, count, limit}
 """
 
-# KEYS: slots, limits, open. ARGV: ceiling, ttl_ms, holder... (the caller's)
+# KEYS: slots, limits, open. ARGV: ceiling, ttl_ms, holder... (the caller's
+# open connections)
 # -> {connections open, allowed concurrency, learned rate or ''}
 _RENEW = """
 local t = redis.call('TIME')
@@ -80,13 +81,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+-- The caller's connections are open: back in both sets if Redis lost them.
 for i = 3, #ARGV do
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
-  redis.call('ZADD', KEYS[3], 'XX', now + ttl, ARGV[i])
+  redis.call('ZADD', KEYS[3], now + ttl, ARGV[i])
 end
 if #ARGV > 2 then
   redis.call('PEXPIRE', KEYS[1], ttl)
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ttl) end
+  redis.call('PEXPIRE', KEYS[3], ttl)
 end
 local limit = tonumber(ARGV[1])
 local learned = tonumber(redis.call('HGET', KEYS[2], 'concurrency'))

@@ -173,3 +173,40 @@ def test_without_redis_the_pool_still_sends_within_its_own_cap(
 
     assert len(smtp.received) == 18
     assert smtp.most_sessions_open <= 2
+
+
+def test_a_killed_workers_slots_free_themselves_within_seconds(
+    redis_server, smtp, settings
+):
+    settings.MAILER_RELAY_MAX_CONNECTIONS = "3"
+    budget.forget()
+    env = {
+        **os.environ,
+        "MAILER_RELAY_MAX_CONNECTIONS": "3",
+        "EMAIL_BACKEND": "mailer.smtp.EmailBackend",
+    }
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "tests.mailer.pool_hold", "3"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        assert budget.acquire_slot(holder="newcomer") is False
+        holder.kill()  # SIGKILL: no QUIT, no slot given back
+        holder.wait(5)
+        killed = time.monotonic()
+
+        wait_until(
+            lambda: budget.acquire_slot(holder="newcomer"),
+            timeout=budget.SLOT_TTL + 5,
+            what="a slot freed",
+        )
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
+        budget.forget()
+
+    assert time.monotonic() - killed <= budget.SLOT_TTL + 1.5
