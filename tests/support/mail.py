@@ -3,8 +3,6 @@
 import os
 from importlib import import_module
 
-from django.conf import settings
-
 from mailer.mailers import EMAIL_SETTINGS, USES_MAILERS, mailer_options
 
 SMTP_BACKEND = "mailer.smtp.EmailBackend"
