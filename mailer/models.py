@@ -3,6 +3,7 @@ from django.db import models
 from django_celery_results.models import TaskResult
 
 from mailer.results import UpsertTaskResultManager
+from users.languages import default_language, language_choices
 
 
 class Delivery(models.Model):
@@ -25,6 +26,10 @@ class Delivery(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deliveries"
     )
     kind = models.CharField(max_length=20, choices=Kind.choices)
+    # The user's language when the row was written: the mail renders in it.
+    language = models.CharField(
+        max_length=15, choices=language_choices, default=default_language
+    )
     status = models.CharField(
         max_length=10, choices=Status.choices, default=Status.PENDING
     )

@@ -46,6 +46,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -145,7 +146,16 @@ REGISTRATION_MAX_BODY_BYTES = 16 * 1024
 
 # --- Internationalisation and static files ----------------------------------
 
-LANGUAGE_CODE = "en-us"
+# Pages follow the request's language (the django_language cookie, then
+# Accept-Language); mails follow the one stored on the user and the outbox row.
+# LANGUAGE_CODE is one of LANGUAGES: the fallback for anything else.
+LANGUAGE_CODE = "en"
+LANGUAGES = [
+    ("en", "English"),
+    ("de", "Deutsch"),
+    ("es", "Español"),
+]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
