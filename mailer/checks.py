@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
+from mailer.mailers import mailer_options
+
 
 @register(Tags.compatibility)
 def check_delays_below_visibility_timeout(app_configs, **kwargs) -> list[Error]:
@@ -12,7 +14,7 @@ def check_delays_below_visibility_timeout(app_configs, **kwargs) -> list[Error]:
     longest = max(
         settings.MAILER_RETRY_BACKOFF_MAX,
         settings.MAILER_SEND_TIME_LIMIT,
-        settings.EMAIL_TIMEOUT,
+        mailer_options().get("timeout") or 0,
     )
     if longest >= visibility:
         return [

@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.core.mail import EmailMessage, get_connection
+from django.core.mail import EmailMessage
 from django.core.mail.backends import smtp as django_smtp
+
+from mailer.mailers import get_mailer
 
 # 421: the relay is closing the channel, for every mail, not for this one.
 SERVICE_NOT_AVAILABLE = 421
@@ -113,7 +115,7 @@ def probe_relay(*, sender: str, recipient: str) -> None:
     5xx for the recipient still shows a relay that answers. Raises what the
     connection raised, or the 4xx reply.
     """
-    backend = get_connection(fail_silently=False)
+    backend = get_mailer()
     backend.open()
     try:
         smtp = getattr(backend, "connection", None)
@@ -183,7 +185,7 @@ class ReusedConnection:
             cls._discard(backend)
             backend = None
         if backend is None:
-            backend = get_connection(fail_silently=False)
+            backend = get_mailer()
             backend.open()
             cls._local.backend = backend
             cls._local.last_used = time.monotonic()
