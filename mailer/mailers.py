@@ -35,6 +35,13 @@ def get_mailer() -> BaseEmailBackend:
     return get_connection(fail_silently=False)
 
 
+def backend_path() -> str:
+    """Return the dotted path of the default mailer's backend class."""
+    if USES_MAILERS:
+        return settings.MAILERS[DEFAULT_ALIAS]["BACKEND"]
+    return settings.EMAIL_BACKEND
+
+
 def mailer_options() -> dict[str, object]:
     """Return the default mailer's SMTP options (host, port, timeout, ...)."""
     if USES_MAILERS:

@@ -37,3 +37,12 @@ def use_smtp(django_settings, **options: object) -> None:
     django_settings.EMAIL_BACKEND = SMTP_BACKEND
     for option, value in options.items():
         setattr(django_settings, EMAIL_SETTINGS[option], value)
+
+
+def use_backend(django_settings, path: str) -> None:
+    """Send through the backend at `path` (options kept only for SMTP)."""
+    if USES_MAILERS:
+        options = configured_smtp_options() if path == SMTP_BACKEND else {}
+        django_settings.MAILERS = {"default": {"BACKEND": path, "OPTIONS": options}}
+        return
+    django_settings.EMAIL_BACKEND = path
