@@ -218,7 +218,7 @@ DEFAULT_FROM_EMAIL = env.str(
 ANYMAIL = {
     "WEBHOOK_SECRET": env.str("ANYMAIL_WEBHOOK_SECRET", default="") or None,
     # Like EMAIL_TIMEOUT for SMTP: well below the Redis visibility timeout.
-    "REQUESTS_TIMEOUT": EMAIL_TIMEOUT,
+    "REQUESTS_TIMEOUT": _smtp_options["timeout"],
     "POSTMARK_SERVER_TOKEN": env.str("POSTMARK_SERVER_TOKEN", default=""),
     "POSTMARK_API_URL": env.str(
         "POSTMARK_API_URL", default="https://api.postmarkapp.com/"
