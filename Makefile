@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-postgres bench lint format clean reliability soak
+.PHONY: help install run test test-postgres install-django61 test-django61 test-django61-postgres bench lint format clean reliability soak
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(STAMP) ## Create .venv/ and install the pinned dependencies
 
@@ -31,6 +31,28 @@ POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432
 test-postgres: install ## Run the whole suite on PostgreSQL at POSTGRES_URL (a throwaway test database)
 	DATABASE_URL=$(POSTGRES_URL)/welcome_$$$$ $(PY) -m pytest
 
+# The Django 6.1 leg: Python 3.13 (pyenv's, else python3.13 on PATH), its own
+# virtualenv and pins; Django's and the project's deprecations fail its tests.
+VENV61 := .venv-django61
+PY61 := $(VENV61)/bin/python
+PYTHON313 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.13*/bin/python3) $(shell command -v python3.13))
+STAMP61 := $(VENV61)/.installed-$(shell cat requirements-django61.txt | cksum | cut -d' ' -f1)
+
+install-django61: $(STAMP61) ## Create .venv-django61/ (Python 3.13, Django 6.1) with requirements-django61.txt
+
+$(STAMP61): requirements-django61.txt
+	@test -n "$(PYTHON313)" || { echo "No Python 3.13: pyenv install 3.13, or make PYTHON313=/path/to/python3.13" >&2; exit 1; }
+	test -x $(PY61) || $(PYTHON313) -m venv $(VENV61)
+	$(PY61) -m pip install --quiet --upgrade pip
+	$(PY61) -m pip install --quiet -r requirements-django61.txt
+	rm -f $(VENV61)/.installed-* && touch $@
+
+test-django61: install-django61 ## Run the whole suite on Django 6.1 and Python 3.13
+	$(PY61) -m pytest
+
+test-django61-postgres: install-django61 ## Run the whole suite on Django 6.1 and PostgreSQL at POSTGRES_URL
+	DATABASE_URL=$(POSTGRES_URL)/welcome_$$$$ $(PY61) -m pytest
+
 bench: install ## Benchmark against django-post_office, django-mailer, django-celery-email; write docs/BENCHMARKS.md (BENCH_QUICK=1: short run)
 	$(PY) -m bench $(if $(BENCH_QUICK),--quick)
 
@@ -43,8 +65,8 @@ format: install ## Format the code and apply safe lint fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-clean: ## Remove .venv/ and var/ (databases, mails, Redis data)
-	rm -rf $(VENV) var
+clean: ## Remove .venv/, .venv-django61/ and var/ (databases, mails, Redis data)
+	rm -rf $(VENV) $(VENV61) var
 
 reliability: install ## Run the fault suite and write its matrix into docs/RELIABILITY.md
 	$(PY) -m pytest tests/faults -q

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
 from mailer import budget
+from mailer.mailers import backend_path, mailer_options
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def check_delays_below_visibility_timeout(app_configs, **kwargs) -> list[Error]:
     longest = max(
         settings.MAILER_RETRY_BACKOFF_MAX,
         settings.MAILER_SEND_TIME_LIMIT,
-        settings.EMAIL_TIMEOUT,
+        mailer_options().get("timeout") or 0,
     )
     if longest >= visibility:
         return [
@@ -106,10 +107,11 @@ def check_esp_webhooks_have_a_secret(app_configs, **kwargs) -> list[Warning]:
     from mailer.esp import uses_anymail
 
     secret = getattr(settings, "ANYMAIL", {}).get("WEBHOOK_SECRET")
-    if uses_anymail(settings.EMAIL_BACKEND) and not secret:
+    backend = backend_path()
+    if uses_anymail(backend) and not secret:
         return [
             Warning(
-                f"EMAIL_BACKEND is an ESP ({settings.EMAIL_BACKEND}) but "
+                f"EMAIL_BACKEND is an ESP ({backend}) but "
                 "ANYMAIL_WEBHOOK_SECRET is not set: the /anymail/ webhooks are "
                 "not served, so the ESP's bounces and complaints never reach "
                 "the suppression list.",

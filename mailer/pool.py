@@ -20,10 +20,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from django.core.mail import EmailMessage, get_connection
+from django.core.mail import EmailMessage
 from django.core.mail.backends import smtp as django_smtp
 
 from mailer import budget, metrics
+from mailer.mailers import get_mailer
 from mailer.smtp import ClaimLost, _close_quietly, _FencedMixin
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class Pool:
                     return self._lent(conn)
                 self._close(conn)
                 continue
-            backend = get_connection(fail_silently=False)
+            backend = get_mailer()
             if not isinstance(backend, django_smtp.EmailBackend):
                 backend.open()  # not SMTP: nothing to count
                 return self._lent(Connection(backend, None))

@@ -3,6 +3,7 @@
 import ssl
 from pathlib import Path
 
+import django
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
@@ -171,15 +172,39 @@ STORAGES = {
 
 # Django's SMTP backend with a check before DATA that the attempt still holds
 # its row (mailer/smtp.py): a worker resumed after a freeze sends no copy.
-EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="mailer.smtp.EmailBackend")
-EMAIL_HOST = env.str("EMAIL_HOST", default="127.0.0.1")
-EMAIL_PORT = env.int("EMAIL_PORT", default=1025)
-EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
-EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
-EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
-EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
-# Django's default is no timeout: one stalled relay would hold a worker forever.
-EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+_mail_backend = env.str("EMAIL_BACKEND", default="mailer.smtp.EmailBackend")
+_smtp_options = {
+    "host": env.str("EMAIL_HOST", default="127.0.0.1"),
+    "port": env.int("EMAIL_PORT", default=1025),
+    "username": env.str("EMAIL_HOST_USER", default=""),
+    "password": env.str("EMAIL_HOST_PASSWORD", default=""),
+    "use_tls": env.bool("EMAIL_USE_TLS", default=False),
+    "use_ssl": env.bool("EMAIL_USE_SSL", default=False),
+    # Django's default is no timeout: one stalled relay would hold a worker forever.
+    "timeout": env.float("EMAIL_TIMEOUT", default=10.0),
+}
+# Django 6.1 reads mail from MAILERS and warns on every EMAIL_* setting; 5.2
+# knows only EMAIL_*. The same environment variables configure both
+# (mailer/mailers.py is the other place that tells them apart).
+if django.VERSION >= (6, 1):
+    # A backend other than SMTP (console, locmem) refuses SMTP options.
+    _smtp = _mail_backend.endswith("smtp.EmailBackend")
+    MAILERS = {
+        "default": {
+            "BACKEND": _mail_backend,
+            "OPTIONS": _smtp_options if _smtp else {},
+        }
+    }
+else:
+    EMAIL_BACKEND = _mail_backend
+    EMAIL_HOST = _smtp_options["host"]
+    EMAIL_PORT = _smtp_options["port"]
+    EMAIL_HOST_USER = _smtp_options["username"]
+    EMAIL_HOST_PASSWORD = _smtp_options["password"]
+    EMAIL_USE_TLS = _smtp_options["use_tls"]
+    EMAIL_USE_SSL = _smtp_options["use_ssl"]
+    EMAIL_TIMEOUT = _smtp_options["timeout"]
+
 DEFAULT_FROM_EMAIL = env.str(
     "DEFAULT_FROM_EMAIL", default="Welcome <no-reply@example.com>"
 )
@@ -193,7 +218,7 @@ DEFAULT_FROM_EMAIL = env.str(
 ANYMAIL = {
     "WEBHOOK_SECRET": env.str("ANYMAIL_WEBHOOK_SECRET", default="") or None,
     # Like EMAIL_TIMEOUT for SMTP: well below the Redis visibility timeout.
-    "REQUESTS_TIMEOUT": EMAIL_TIMEOUT,
+    "REQUESTS_TIMEOUT": _smtp_options["timeout"],
     "POSTMARK_SERVER_TOKEN": env.str("POSTMARK_SERVER_TOKEN", default=""),
     "POSTMARK_API_URL": env.str(
         "POSTMARK_API_URL", default="https://api.postmarkapp.com/"

@@ -1,3 +1,4 @@
+import functools
 import os
 
 import pytest
@@ -8,6 +9,7 @@ from mailer import budget, dispatch, relay
 from mailer.pool import pool
 from tests import services
 from tests.support import RedisServer, SmtpServer, WorkerProcess
+from tests.support.mail import use_smtp
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +79,12 @@ def smtp(smtp_server):
 
 @pytest.fixture
 def real_smtp(settings):
-    """Send through the project's SMTP backend instead of the test runner's locmem."""
-    settings.EMAIL_BACKEND = "mailer.smtp.EmailBackend"
+    """Send through the project's SMTP backend instead of the test runner's locmem.
+
+    Call it to change an option for the test: `real_smtp(port=1)`.
+    """
+    use_smtp(settings)
+    return functools.partial(use_smtp, settings)
 
 
 def database_url() -> str:

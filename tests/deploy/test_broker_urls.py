@@ -140,10 +140,15 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     ca, ca_key = directory / "ca.pem", directory / "ca.key"
     cert, key = directory / "server.pem", directory / "server.key"
     request, extensions = directory / "server.csr", directory / "san.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    # Python 3.13 verifies strictly (VERIFY_X509_STRICT): the CA states its key
+    # usage, and the certificate it signed names the CA's key.
+    extensions.write_text(
+        "subjectAltName=IP:127.0.0.1\nauthorityKeyIdentifier=keyid,issuer\n"
+    )
     for command in (
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-keyout", ca_key, "-out", ca, "-subj", "/CN=welcome test CA"],
+        + ["-keyout", ca_key, "-out", ca, "-subj", "/CN=welcome test CA"]
+        + ["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
         ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key]
         + ["-out", request, "-subj", "/CN=127.0.0.1"],
         ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key]

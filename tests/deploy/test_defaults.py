@@ -22,11 +22,18 @@ def settings_with_nothing_set(names: list[str]) -> dict:
     """The settings of the same names, in a process with none of them set."""
     env = {k: v for k, v in os.environ.items() if k not in names}
     env.update(DJANGO_DEBUG="1", DJANGO_SETTINGS_MODULE="project.settings")
+    # Django 6.1 holds the EMAIL_* variables in MAILERS, 5.2 in EMAIL_* settings.
     code = (
         "import json, sys; from django.conf import settings; "
+        "from mailer.mailers import EMAIL_SETTINGS, mailer_options; "
         "names = json.loads(sys.argv[1]); "
-        "print(json.dumps({n: getattr(settings, n) for n in names "
-        "if isinstance(getattr(settings, n, None), (str, int, float, bool))}))"
+        "mail = {n: mailer_options()[o] for o, n in EMAIL_SETTINGS.items()}; "
+        "mail['EMAIL_BACKEND'] = settings.MAILERS['default']['BACKEND'] "
+        "if hasattr(settings, 'MAILERS') else settings.EMAIL_BACKEND; "
+        "values = {n: mail[n] if n in mail else getattr(settings, n, None) "
+        "for n in names}; "
+        "print(json.dumps({n: v for n, v in values.items() "
+        "if isinstance(v, (str, int, float, bool))}))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, json.dumps(names)],

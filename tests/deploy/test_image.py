@@ -56,7 +56,8 @@ def ignored(relative: str, patterns: list[str]) -> bool:
 
 def test_build_context_leaves_out_local_state_and_secrets():
     patterns = dockerignored()
-    for path in (".venv/bin/python", "var/db.sqlite3", ".env", ".git/HEAD"):
+    local = (".venv/bin/python", ".venv-django61/bin/python", "var/db.sqlite3")
+    for path in (*local, ".env", ".git/HEAD"):
         assert ignored(path, patterns), path
     for path in ("manage.py", "requirements.txt", "mailer/tasks.py", "flowerconfig.py"):
         assert not ignored(path, patterns), path

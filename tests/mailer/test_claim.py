@@ -1,4 +1,5 @@
 import time
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -67,7 +68,10 @@ def test_a_claim_past_half_its_lease_asks_the_database_and_fails_once_lapsed(
     delivery, monkeypatch, settings
 ):
     claimed = claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
-    Delivery.objects.filter(pk=delivery.pk).update(lease_expires_at=timezone.now())
+    # A second ago, not now: SQLite's NOW has millisecond precision, so a
+    # lease stamped now by Python could still be ahead of it.
+    lapsed = timezone.now() - timedelta(seconds=1)
+    Delivery.objects.filter(pk=delivery.pk).update(lease_expires_at=lapsed)
     later = time.monotonic() + settings.MAILER_LEASE / 2 + 0.1
     monkeypatch.setattr(claims.time, "monotonic", lambda: later)
     # The lease ran out in the database meanwhile: a frozen worker lost the row.

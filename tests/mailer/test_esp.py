@@ -9,6 +9,7 @@ from mailer.tasks import send_welcome_email
 from tests.factories import DeliveryFactory
 from tests.support import free_port
 from tests.support.esp import TOKEN, FakePostmark
+from tests.support.mail import use_backend
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +25,7 @@ def postmark_server():
 def postmark(postmark_server, settings):
     """Mail goes to the fake Postmark API through anymail's backend."""
     postmark_server.reset()
-    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    use_backend(settings, "anymail.backends.postmark.EmailBackend")
     settings.ANYMAIL = {
         **settings.ANYMAIL,
         "POSTMARK_SERVER_TOKEN": TOKEN,

@@ -103,10 +103,8 @@ def test_retry_budget_survives_a_redispatch(delivery, smtp, real_smtp, settings)
     assert Delivery.objects.get(pk=delivery.pk).status == Delivery.Status.FAILED
 
 
-def test_unreachable_relay_parks_the_mail_without_spending_a_retry(
-    delivery, settings, real_smtp
-):
-    settings.EMAIL_PORT = 1  # nothing listens there
+def test_unreachable_relay_parks_the_mail_without_spending_a_retry(delivery, real_smtp):
+    real_smtp(port=1)  # nothing listens there
 
     result = send_welcome_email.apply(args=(delivery.pk,))
 

@@ -9,6 +9,7 @@ from mailer import attempts, budget
 from mailer.models import Delivery, RelayState
 from mailer.pool import pool
 from mailer.tasks import send_welcome_email
+from tests import services
 from tests.factories import DeliveryFactory
 
 pytestmark = pytest.mark.django_db
@@ -38,11 +39,9 @@ def assert_untouched_by_throttling(delivery: Delivery) -> None:
     assert not RelayState.objects.filter(down_since__isnull=False).exists()
 
 
-def test_too_many_connections_at_the_greeting_requeues_the_mail_unclaimed(
-    shared, settings
-):
+def test_too_many_connections_at_the_greeting_requeues_the_mail_unclaimed(shared):
     shared.script.max_connections = 1
-    other = smtplib.SMTP("127.0.0.1", settings.EMAIL_PORT)  # someone else's
+    other = smtplib.SMTP("127.0.0.1", services.SMTP_PORT)  # someone else's
     delivery = DeliveryFactory(user__email="cap@example.com")
     try:
         outcome = attempt(delivery)
@@ -128,8 +127,8 @@ def test_a_rate_turn_further_than_the_wait_requeues_until_about_then(
     assert_untouched_by_throttling(second)
 
 
-def test_a_relay_refusing_every_connection_is_still_down(shared, settings):
-    settings.EMAIL_PORT = 1  # nothing listens
+def test_a_relay_refusing_every_connection_is_still_down(shared, real_smtp):
+    real_smtp(port=1)  # nothing listens
     delivery = DeliveryFactory(user__email="down@example.com")
 
     outcome = attempt(delivery)
@@ -138,10 +137,10 @@ def test_a_relay_refusing_every_connection_is_still_down(shared, settings):
     assert RelayState.objects.get().down_since is not None
 
 
-def test_a_421_at_the_greeting_with_none_of_ours_open_is_an_outage(shared, settings):
+def test_a_421_at_the_greeting_with_none_of_ours_open_is_an_outage(shared):
     shared.script.max_connections = 1
     shared.script.connection_reply = "421 4.3.2 Service shutting down"
-    other = smtplib.SMTP("127.0.0.1", settings.EMAIL_PORT)  # not ours
+    other = smtplib.SMTP("127.0.0.1", services.SMTP_PORT)  # not ours
     delivery = DeliveryFactory(user__email="shut@example.com")
     try:
         outcome = attempt(delivery)

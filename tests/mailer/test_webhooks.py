@@ -15,6 +15,7 @@ from mailer.models import Delivery, Suppression, TrackingEvent
 from mailer.suppression import lift
 from tests.factories import DeliveryFactory
 from tests.support.esp import bounce_event, delivery_event, spam_complaint_event
+from tests.support.mail import use_backend
 
 pytestmark = pytest.mark.django_db
 
@@ -136,7 +137,7 @@ def test_without_a_secret_the_webhook_urls_are_not_served(client):
 
 
 def test_an_esp_backend_without_a_webhook_secret_is_warned_about(settings):
-    settings.EMAIL_BACKEND = "anymail.backends.postmark.EmailBackend"
+    use_backend(settings, "anymail.backends.postmark.EmailBackend")
 
     ids = [message.id for message in run_checks()]
     assert "mailer.W001" in ids
@@ -146,7 +147,7 @@ def test_an_esp_backend_without_a_webhook_secret_is_warned_about(settings):
 
 
 def test_the_smtp_backend_needs_no_webhook_secret(settings):
-    settings.EMAIL_BACKEND = "mailer.smtp.EmailBackend"
+    use_backend(settings, "mailer.smtp.EmailBackend")
 
     assert "mailer.W001" not in [message.id for message in run_checks()]
 

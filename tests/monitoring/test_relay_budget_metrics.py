@@ -7,6 +7,7 @@ from prometheus_client import REGISTRY
 
 from mailer import attempts, budget
 from mailer.pool import Pool, pool
+from tests import services
 from tests.factories import DeliveryFactory
 
 pytestmark = pytest.mark.django_db
@@ -26,11 +27,9 @@ def shared(redis_server, settings, smtp, real_smtp):
     budget.forget()
 
 
-def test_a_refused_connection_counts_a_throttle_and_sets_the_learned_limit(
-    shared, settings
-):
+def test_a_refused_connection_counts_a_throttle_and_sets_the_learned_limit(shared):
     shared.script.max_connections = 1
-    other = smtplib.SMTP("127.0.0.1", settings.EMAIL_PORT)
+    other = smtplib.SMTP("127.0.0.1", services.SMTP_PORT)
     before = sample("mailer_relay_throttles_total", kind="connections")
     throttled = sample("mailer_deliveries_total", kind="unknown", outcome="throttled")
     try:

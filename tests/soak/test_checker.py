@@ -104,6 +104,20 @@ def test_a_kill_of_the_sending_worker_after_the_250_is_the_documented_window():
     assert verdict.duplicates[0].in_window
 
 
+def test_a_kill_stamped_just_before_the_relay_stamped_its_250_is_the_window():
+    # The injector stamps the kill before signalling; the relay stamps the 250
+    # after reading the worker's last byte, which the worker sent before dying.
+    verdict = check(
+        registrations=[registration("a@x", 1.0)],
+        rows=[row("a@x")],
+        accepted=[mail("a@x", 2.0), mail("a@x", 30.0, pid=99)],
+        faults=[fault(FaultKind.WORKER_KILL, 1.996, 6.0, pid=WORKER)],
+    )
+
+    assert verdict.ok
+    assert verdict.duplicates[0].in_window
+
+
 def test_a_kill_of_another_worker_does_not_excuse_a_duplicate():
     verdict = check(
         registrations=[registration("a@x", 1.0)],

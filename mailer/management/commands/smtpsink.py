@@ -8,6 +8,8 @@ from aiosmtpd.controller import Controller
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from mailer.mailers import mailer_options
+
 
 class SinkHandler:
     """Accept every message; print a summary and write it to `directory`."""
@@ -34,7 +36,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=settings.EMAIL_PORT)
+        parser.add_argument(
+            "--port", type=int, default=mailer_options().get("port", 1025)
+        )
         parser.add_argument("--directory", type=Path, default=settings.VAR_DIR / "mail")
 
     def handle(self, *args, host: str, port: int, directory: Path, **options) -> None:
