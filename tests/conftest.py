@@ -5,8 +5,8 @@ import pytest
 import redis
 from django.db import connection
 
-from mailer import dispatch, relay
-from mailer.smtp import ReusedConnection
+from mailer import budget, dispatch, relay
+from mailer.pool import pool
 from tests import services
 from tests.support import RedisServer, SmtpServer, WorkerProcess
 from tests.support.mail import use_smtp
@@ -16,7 +16,8 @@ from tests.support.mail import use_smtp
 def _fresh_smtp_connections():
     """No SMTP connection or relay state kept by one test leaks into the next."""
     yield
-    ReusedConnection.close_all()
+    pool.close_all()
+    budget.forget()
     relay.forget_belief()
     dispatch.forget_broker_failure()
 
