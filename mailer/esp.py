@@ -59,9 +59,10 @@ def classify_anymail_error(error: AnymailError) -> SendFailure:
     """Tell a transient ESP failure from a permanent one.
 
     A refused recipient is permanent for it. A 429 or 5xx from the API is
-    the ESP as a whole pushing back: transient and relay-wide, so no retry
-    is spent. Another 4xx is our configuration (a bad token, a sender the
-    ESP does not know): permanent, and logged as an error. A connection
+    the ESP as a whole pushing back: throttling, as for a relay's rate
+    (the shared rate is cut; no retry spent, nothing parked). Another 4xx
+    is our configuration (a bad token, a sender the ESP does not know):
+    permanent, and logged as an error. A connection
     error or timeout is transient; the ESP may have taken the mail before
     the timeout (docs/RELIABILITY.md, the duplicate window).
     """
@@ -76,7 +77,7 @@ def classify_anymail_error(error: AnymailError) -> SendFailure:
     if isinstance(error, AnymailAPIError) and status is not None:
         if status == TOO_MANY_REQUESTS or status >= 500:
             return SendFailure(
-                transient=True, code=status, reason=reason, relay_wide=True
+                transient=True, code=status, reason=reason, throttled=True, limit="rate"
             )
     logger.error("ESP refused the mail: a configuration error? %s", reason)
     return SendFailure(transient=False, code=status, reason=reason)

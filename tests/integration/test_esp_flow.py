@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mailer.models import Delivery, Suppression, TrackingEvent
+from mailer.models import Delivery, RelayState, Suppression, TrackingEvent
 from tests.conftest import worker_env
 from tests.support import (
     GunicornProcess,
@@ -168,6 +168,8 @@ def test_a_rate_limited_esp_is_waited_for_without_spending_retries(stack):
     assert row.retries == 0
     assert stack.api.attempts["busy@example.com"] == 3
     assert len(stack.api.accepted_to("busy@example.com")) == 1
+    assert not row.waiting_for_relay  # throttled, never parked
+    assert not RelayState.objects.filter(down_since__isnull=False).exists()
     assert not Suppression.objects.exists()
 
 

@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from mailer.models import Delivery, Suppression
+from mailer import budget
+from mailer.models import Delivery, RelayState, Suppression
 from mailer.tasks import send_welcome_email
 from tests.factories import DeliveryFactory
 from tests.support import free_port
@@ -77,18 +78,21 @@ def test_a_recipient_the_esp_refuses_fails_the_row_and_is_suppressed(
 
 
 @pytest.mark.parametrize("reply", ["rate-limited", "server-error"])
-def test_a_429_or_5xx_parks_the_mail_without_spending_a_retry(
-    postmark, delivery, reply
+def test_a_429_or_5xx_is_throttling_the_mail_waits_its_turn_without_a_retry(
+    postmark, delivery, reply, redis_server
 ):
+    budget.forget()
     postmark.replies["ada@example.com"] = [reply]
 
-    outcome, delivery = send(delivery)
+    outcome, delivery = send(delivery)  # Task.apply runs the requeued copy at once
 
-    assert outcome == "parked"
-    assert delivery.status == Delivery.Status.PENDING and delivery.waiting_for_relay
-    assert delivery.retries == 0
-    assert delivery.smtp_code in {429, 500}
+    assert outcome == "sent" and delivery.status == Delivery.Status.SENT
+    assert not delivery.waiting_for_relay and delivery.retries == 0
+    assert len(postmark.accepted_to("ada@example.com")) == 1
+    assert budget.current_limits().rate is not None  # the shared rate was cut
+    assert not RelayState.objects.filter(down_since__isnull=False).exists()
     assert not Suppression.objects.exists()
+    budget.forget()
 
 
 def test_a_bad_token_fails_the_row_loudly_and_suppresses_nothing(
