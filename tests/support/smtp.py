@@ -11,6 +11,9 @@ from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
 
+# What Amazon SES answers above an account's maximum sending rate.
+THROTTLING_FAILURE = "454 4.7.0 Throttling failure: Maximum sending rate exceeded."
+
 
 @dataclass
 class ReceivedMail:
@@ -36,12 +39,35 @@ class SmtpScript:
     `delay` stalls after the message data arrived (the relay has the mail);
     `rcpt_delay` stalls at RCPT TO, before any data was sent; `rcpt_reply`,
     when set, answers every RCPT TO (a relay deferring everyone).
+    `max_rate`, when set, is a sending rate in mails per second, as Amazon
+    SES enforces it: MAIL FROM above it is answered `throttle_reply`.
     """
 
     replies: dict[str, list[str]] = field(default_factory=dict)
     delay: float = 0.0
     rcpt_delay: float = 0.0
     rcpt_reply: str = ""
+    max_rate: float = 0.0
+    throttle_reply: str = THROTTLING_FAILURE
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most one second's worth saved up."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class RecordingHandler:
@@ -55,7 +81,9 @@ class RecordingHandler:
         self.data_started = 0
         self.rcpt_seen = 0
         self.connections = 0
+        self.throttled = 0
         self.script = SmtpScript()
+        self.bucket: TokenBucket | None = None
 
     def reset(self) -> None:
         with self.lock:
@@ -65,7 +93,21 @@ class RecordingHandler:
             self.data_started = 0
             self.rcpt_seen = 0
             self.connections = 0
+            self.throttled = 0
             self.script = SmtpScript()
+            self.bucket = None
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.script.max_rate:
+            with self.lock:
+                if self.bucket is None or self.bucket.rate != self.script.max_rate:
+                    self.bucket = TokenBucket(self.script.max_rate)
+                if not self.bucket.take():
+                    self.throttled += 1
+                    return self.script.throttle_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
