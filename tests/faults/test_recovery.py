@@ -77,8 +77,9 @@ PREFETCH_CONCURRENCY = 4
 PREFETCH_MULTIPLIER = 2  # the Procfile's
 
 
-def test_worker_killed_holding_prefetched_mails_they_go_out_within_15s_of_a_new_worker(
-    default_stack, record
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_worker_killed_or_frozen_holding_prefetched_mails_they_go_out_within_15s(
+    default_stack, record, fault
 ):
     smtp = default_stack.start_smtp().handler
     smtp.script.rcpt_delay = 60  # the first attempts hang: the rest wait prefetched
@@ -101,28 +102,34 @@ def test_worker_killed_holding_prefetched_mails_they_go_out_within_15s_of_a_new_
     )
     time.sleep(0.5)  # well within one heartbeat of the receipts
 
-    os.killpg(doomed.process.pid, signal.SIGKILL)
-    doomed.process.wait(5)
-    doomed.process = None
-    killed_at = time.monotonic()
+    group = doomed.process.pid
+    os.killpg(group, getattr(signal, fault))
+    faulted_at = time.monotonic()
     smtp.script.rcpt_delay = 0
-    default_stack.start_worker("replacement")
-    ready_at = time.monotonic()
-    for email in emails:
-        wait_for_delivery(email=email, status="sent", timeout=40)
+    try:
+        default_stack.start_worker("replacement")
+        ready_at = time.monotonic()
+        for email in emails:
+            wait_for_delivery(email=email, status="sent", timeout=40)
+        took = recovery(smtp, emails, fault_ended=ready_at)
+    finally:
+        if fault == "SIGSTOP":
+            os.killpg(group, signal.SIGCONT)
+    if fault == "SIGSTOP":
+        time.sleep(6)  # the resumed worker finds its claims gone and sends nothing
 
-    took = recovery(smtp, emails, fault_ended=ready_at)
     assert copies(smtp, emails) == [1] * len(emails)
     assert took <= 15, f"mails arrived {took:.1f} s after the new worker was ready"
     assert set(Delivery.objects.values_list("retries", flat=True)) == {0}
+    what = {"SIGKILL": "SIGKILLed", "SIGSTOP": "frozen (SIGSTOP), later resumed,"}
     record(
-        scenario=f"21. worker SIGKILLed (its process group) holding "
+        scenario=f"21. worker {what[fault]} (its process group) holding "
         f"{PREFETCH_CONCURRENCY} mails mid-send and "
         f"{held - PREFETCH_CONCURRENCY} prefetched, {len(emails) - held} more "
         "queued, defaults",
         happened=f"each receipt had renewed its row's lease to MAILER_LEASE; the "
         f"new worker's lifeline took the {held} rows back; all sent {took:.1f} s "
-        f"after it was ready ({ready_at - killed_at:.1f} s after the kill)",
+        f"after it was ready ({ready_at - faulted_at:.1f} s after the fault)",
         expected=len(emails),
         arrived=sum(copies(smtp, emails)),
         duplicates=sum(copies(smtp, emails)) - len(emails),
