@@ -1,10 +1,13 @@
 """One send attempt of one outbox row, and what became of it.
 
-`attempt_delivery` claims the row, sends the mail and records the result; it
-returns an outcome that the task maps to return, retry or raise. The retry
-or fail decision is made here: a relay-wide failure parks the mail without
-spending a retry; a failure of this mail alone (a 4xx for it) is retried
-with backoff until MAILER_MAX_RETRIES; anything else fails at once.
+`attempt_delivery` takes its turn in the relay's budget, claims the row,
+sends the mail and records the result; it returns an outcome that the task
+maps to return, retry or raise. The retry or fail decision is made here: a
+relay-wide failure parks the mail without spending a retry; a relay that
+throttles, or a budget with no turn free within BUDGET_WAIT, sends the mail
+back to the queue for a few seconds without spending one either; a failure
+of this mail alone (a 4xx for it) is retried with backoff until
+MAILER_MAX_RETRIES; anything else fails at once.
 """
 
 import logging
@@ -15,10 +18,19 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from mailer import claims, metrics, relay
-from mailer.smtp import ClaimLost, classify_smtp_error
+from mailer import budget, claims, metrics, relay
+from mailer.pool import Connection, NoBudget, pool
+from mailer.smtp import ClaimLost, SendFailure, classify_smtp_error
 
 logger = logging.getLogger(__name__)
+
+# Seconds a task may wait for a connection slot or a rate token before it
+# goes back to the queue: a worker thread is never held asleep for long.
+BUDGET_WAIT = 2.0
+# Seconds before a throttled mail comes back (with jitter); at most a quarter
+# of the Redis visibility_timeout, so a held copy is never redelivered.
+THROTTLE_COUNTDOWN_MIN = 1.0
+THROTTLE_COUNTDOWN_MAX = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,17 @@ class Parked:
 
 
 @dataclass(frozen=True)
+class Throttled:
+    """Back to the queue for `countdown` seconds: the relay's pace; no retry spent."""
+
+    countdown: float
+    code: int | None = None
+    reason: str = ""
+    kind: str | None = None
+    name = "throttled"
+
+
+@dataclass(frozen=True)
 class RetryAfter:
     countdown: float
     code: int | None
@@ -67,7 +90,7 @@ class Failed:
     name = "failed"
 
 
-Outcome = Sent | Skipped | Parked | RetryAfter | Failed
+Outcome = Sent | Skipped | Parked | Throttled | RetryAfter | Failed
 
 
 def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome:
@@ -75,26 +98,80 @@ def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome
     try:
         if relay.relay_is_down():
             return _counted(_park(delivery_id, None, None, "relay down"))
+    except DatabaseError as error:
+        return _database_retry(error, retries)
+    turn = budget.reserve_send(max_wait=BUDGET_WAIT)
+    if not turn.reserved:
+        return _counted(_budget_spent("rate", turn.wait))
+    if turn.wait:
+        time.sleep(turn.wait)
+    started = time.monotonic()
+    try:
+        smtp = pool.checkout(wait=BUDGET_WAIT)
+    except NoBudget as spent:
+        return _counted(_budget_spent(spent.limit, 0.0))
+    except OSError as error:  # refused, timed out, 421 at the greeting
+        return _refused_at_connect(delivery_id, task_id, retries, error, started)
+    try:
+        return _claim_and_send(smtp, delivery_id, task_id, retries)
+    finally:
+        pool.checkin(smtp)
+
+
+def _claim_and_send(
+    smtp: Connection, delivery_id: int, task_id: str, retries: int
+) -> Outcome:
+    try:
         delivery = claims.claim_delivery(delivery_id=delivery_id, task_id=task_id)
     except DatabaseError as error:  # nothing claimed, nothing sent: soon again
-        metrics.record_database_retry()
-        countdown = database_countdown(retries)
-        return RetryAfter(countdown, None, error, settings.MAILER_MAX_RETRIES)
+        return _database_retry(error, retries)
     if delivery is None:
         return _counted(Skipped())
     started = time.monotonic()
     try:
-        claims.send_delivery(delivery)
+        claims.send_delivery(delivery, smtp=smtp)
     except ClaimLost:
         logger.warning("delivery %s: claim lost before DATA, not sent", delivery_id)
         return _counted(Skipped(delivery.kind))
     except OSError as error:  # every smtplib error, timeouts, resets
-        outcome = _after_failure(delivery, task_id, error)
+        others = _others_open(mine=smtp.holder is not None)
+        outcome = _after_failure(delivery, task_id, error, others_open=others)
         return _counted(outcome, error=error, started=started)
     _record_sent(delivery_id, task_id)
     relay.note_delivered()
+    _note_accepted()
     latency = metrics.seconds_since_commit(delivery)
     return _counted(Sent(delivery.kind), started=started, latency=latency)
+
+
+def _refused_at_connect(
+    delivery_id: int, task_id: str, retries: int, error: OSError, started: float
+) -> Outcome:
+    """A connection the relay would not give: throttled, or claim and judge it.
+
+    A throttled mail goes back unclaimed, the row untouched. Anything else
+    is judged as before, on a claimed row: parked for an outage, failed for
+    a 5xx or bad credentials.
+    """
+    others = _others_open(mine=False)
+    failure = classify_smtp_error(error, others_open=others)
+    if failure.throttled:
+        outcome = _throttled(failure, others_open=others)
+        return _counted(outcome, error=error, started=started)
+    try:
+        delivery = claims.claim_delivery(delivery_id=delivery_id, task_id=task_id)
+    except DatabaseError as database_error:
+        return _database_retry(database_error, retries)
+    if delivery is None:
+        return _counted(Skipped())
+    outcome = _after_failure(delivery, task_id, error, others_open=others)
+    return _counted(outcome, error=error, started=started)
+
+
+def _database_retry(error: DatabaseError, retries: int) -> RetryAfter:
+    metrics.record_database_retry()
+    countdown = database_countdown(retries)
+    return RetryAfter(countdown, None, error, settings.MAILER_MAX_RETRIES)
 
 
 def _counted(outcome: Outcome, *, error=None, started=None, latency=None) -> Outcome:
@@ -110,9 +187,19 @@ def _counted(outcome: Outcome, *, error=None, started=None, latency=None) -> Out
     return outcome
 
 
-def _after_failure(delivery, task_id: str, error: OSError) -> Outcome:
-    """Park, retry or fail a claimed row after SMTP said no."""
-    failure = classify_smtp_error(error)
+def _after_failure(delivery, task_id: str, error: OSError, *, others_open: int):
+    """Requeue, park, retry or fail a claimed row after SMTP said no."""
+    failure = classify_smtp_error(error, others_open=others_open)
+    if failure.throttled:
+        outcome = _throttled(failure, others_open=others_open, kind=delivery.kind)
+        requeued = claims.requeue_throttled(
+            delivery_id=delivery.pk,
+            task_id=task_id,
+            countdown=outcome.countdown,
+            code=failure.code,
+            reason=failure.reason,
+        )
+        return outcome if requeued else Skipped(delivery.kind)
     if failure.relay_wide:
         relay.note_down(failure.reason)
         return _park(delivery.pk, task_id, failure.code, failure.reason, delivery.kind)
@@ -133,6 +220,54 @@ def _after_failure(delivery, task_id: str, error: OSError) -> Outcome:
         reason=failure.reason,
     )
     return Failed(failure.code, failure.reason, error, delivery.kind)
+
+
+def _throttled(
+    failure: SendFailure, *, others_open: int, kind: str | None = None
+) -> Throttled:
+    """Learn from a throttle reply (cut the limit, log once) and come back later."""
+    limit = "connections" if failure.limit == "connections" else "rate"
+    metrics.record_throttle(kind=failure.limit)
+    change = budget.note_throttled(limit=limit, others_open=others_open)
+    if change is not None and change.started:
+        logger.warning(
+            "relay throttling (%s): %s %s; sending at its pace, no retry spent",
+            failure.limit,
+            failure.code,
+            failure.reason,
+        )
+    if change is not None and change.changed:
+        _log_limits("cut after a throttle reply", change.limits)
+    countdown = throttle_countdown(THROTTLE_COUNTDOWN_MIN)
+    return Throttled(countdown, failure.code, failure.reason, kind)
+
+
+def _budget_spent(limit: str, wait: float) -> Throttled:
+    """No turn within BUDGET_WAIT: back to the queue until about when one is free."""
+    metrics.record_throttle(kind="budget")
+    return Throttled(throttle_countdown(wait), reason=f"relay budget: {limit}")
+
+
+def _note_accepted() -> None:
+    change = budget.note_accepted()
+    if change is not None and change.changed:
+        _log_limits("raised after a run of accepted mails", change.limits)
+
+
+def _log_limits(why: str, limits: budget.Limits) -> None:
+    metrics.record_budget(concurrency=limits.concurrency, rate=limits.rate)
+    rate = f"{limits.rate:.2f}/s" if limits.rate else "unlimited"
+    logger.warning(
+        "relay budget %s: %d connections, rate %s", why, limits.concurrency, rate
+    )
+
+
+def _others_open(*, mine: bool) -> int:
+    """Connections of ours to the relay besides this attempt's (0 if unknown)."""
+    count = budget.open_connections()
+    if count is None:
+        return 0
+    return max(0, count - (1 if mine else 0))
 
 
 def _park(delivery_id, task_id, code, reason, kind=None) -> Parked | Skipped:
@@ -175,6 +310,14 @@ def retry_countdown(retries: int) -> float:
         settings.MAILER_RETRY_BACKOFF_MAX, settings.MAILER_RETRY_BACKOFF * 2**retries
     )
     return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def throttle_countdown(wait: float) -> float:
+    """Seconds until a throttled mail comes back: about `wait`, with jitter, bounded."""
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
+    ceiling = min(THROTTLE_COUNTDOWN_MAX, options.get("visibility_timeout", 3600) / 4)
+    low = min(max(wait, THROTTLE_COUNTDOWN_MIN), ceiling)
+    return min(low + random.uniform(0, low), ceiling)
 
 
 def database_countdown(retries: int) -> float:

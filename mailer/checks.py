@@ -1,7 +1,14 @@
 """System checks for mailer settings that would lose or duplicate mail."""
 
+import logging
+
+from celery.signals import worker_init
 from django.conf import settings
 from django.core.checks import Error, Tags, register
+
+from mailer import budget
+
+logger = logging.getLogger(__name__)
 
 
 @register(Tags.compatibility)
@@ -43,3 +50,51 @@ def check_heartbeat_renews_within_the_lease(app_configs, **kwargs) -> list[Error
             )
         ]
     return []
+
+
+@register(Tags.compatibility)
+def check_relay_budget(app_configs, **kwargs) -> list[Error]:
+    """MAILER_RELAY_MAX_CONNECTIONS and MAILER_RELAY_RATE must make sense at start."""
+    errors = []
+    try:
+        budget.max_connections()
+    except (TypeError, ValueError):
+        errors.append(
+            Error(
+                "MAILER_RELAY_MAX_CONNECTIONS="
+                f"{settings.MAILER_RELAY_MAX_CONNECTIONS!r} is not a whole number "
+                "of at least 1.",
+                hint="Set the open SMTP connections every worker may share, "
+                "e.g. MAILER_RELAY_MAX_CONNECTIONS=8.",
+                id="mailer.E003",
+            )
+        )
+    try:
+        budget.fixed_rate()
+    except (TypeError, ValueError):
+        errors.append(
+            Error(
+                f"MAILER_RELAY_RATE={settings.MAILER_RELAY_RATE!r} is not a "
+                "positive number of mails per second.",
+                hint="Leave it empty for no fixed rate, or set e.g. "
+                "MAILER_RELAY_RATE=14 (SES's default sending rate).",
+                id="mailer.E004",
+            )
+        )
+    return errors
+
+
+@worker_init.connect(dispatch_uid="mailer.checks.worker_refuses_errors")
+def refuse_to_start_with_errors(**kwargs) -> None:
+    """Stop a worker whose relay budget settings are nonsense, before it takes mail.
+
+    Celery's Django fixup runs the system checks and ignores what they
+    find, and an exception in a signal receiver is only logged: exiting is
+    the one way a worker start can fail here. Without it, every send would
+    fail on the unparsable value.
+    """
+    errors = [error for error in check_relay_budget(None) if error.is_serious()]
+    for error in errors:
+        logger.critical("%s: %s HINT: %s", error.id, error.msg, error.hint)
+    if errors:
+        raise SystemExit(1)

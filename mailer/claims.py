@@ -18,7 +18,7 @@ from django.utils import timezone
 from mailer.leases import lease
 from mailer.messages import build_message
 from mailer.models import Delivery
-from mailer.smtp import ReusedConnection
+from mailer.pool import Connection
 
 
 def claim_delivery(*, delivery_id: int, task_id: str) -> Delivery | None:
@@ -120,15 +120,15 @@ def _claim_sql() -> str:
     )
 
 
-def send_delivery(delivery: Delivery) -> None:
-    """Render the mail for a claimed row (by its kind) and hand it to SMTP.
+def send_delivery(delivery: Delivery, *, smtp: Connection) -> None:
+    """Render the mail for a claimed row (by its kind) and send it on `smtp`.
 
     Right before DATA the attempt checks that it still holds the row (a
     fencing token): a worker frozen past its lease and resumed sends nothing.
     Raises `ClaimLost` then.
     """
     fence = functools.partial(still_held, delivery)
-    ReusedConnection.send(build_message(delivery), fence=fence)
+    smtp.send(build_message(delivery), fence=fence)
 
 
 # The share of a fresh lease a worker trusts its own clock for.
@@ -211,6 +211,25 @@ def mark_retrying(
         last_error=reason,
         lease_expires_at=Now() + timedelta(seconds=countdown) + lease(),
         updated_at=timezone.now(),
+    )
+
+
+def requeue_throttled(
+    *, delivery_id: int, task_id: str, countdown: float, code: int | None, reason: str
+) -> bool:
+    """Hand a claimed row back to pending after the relay throttled; no retry spent.
+
+    Like `mark_retrying` without counting a retry: the task's copy due in
+    `countdown` seconds claims it again. False if the claim was lost.
+    """
+    return bool(
+        _claimed_by(delivery_id, task_id).update(
+            status=Delivery.Status.PENDING,
+            smtp_code=code,
+            last_error=reason,
+            lease_expires_at=Now() + timedelta(seconds=countdown) + lease(),
+            updated_at=timezone.now(),
+        )
     )
 
 

@@ -25,11 +25,16 @@ configure_metrics()
 KINDS = frozenset({"welcome", "account_exists", "activation", "unknown"})
 # "deferred" / "parked": a mail held back while the relay is down (the
 # recovery work names it "parked"; both stay countable while it settles).
-OUTCOMES = frozenset({"sent", "retry", "failed", "skipped", "deferred", "parked"})
+OUTCOMES = frozenset(
+    {"sent", "retry", "failed", "skipped", "deferred", "parked", "throttled"}
+)
 SMTP_CLASSES = frozenset({"2xx", "4xx", "5xx", "timeout", "connection"})
 RETRY_CAUSES = frozenset({"smtp", "database"})
 # Who judged the relay's state: the last send attempt, or a relay breaker.
 RELAY_SOURCES = frozenset({"attempts", "breaker"})
+# What held a mail back: the relay refused a connection or a mail as too
+# many/too fast, another throttle reply, or our own budget had no turn free.
+THROTTLE_KINDS = frozenset({"connections", "rate", "reply", "budget"})
 OTHER = "other"
 
 # Seconds: one SMTP exchange is milliseconds against a healthy relay and
@@ -85,6 +90,31 @@ RELAY_UP = Gauge(
     multiprocess_mode="livemin",
 )
 
+RELAY_THROTTLES = Counter(
+    "mailer_relay_throttles",
+    "Mails sent back to the queue for the relay's pace, by kind: the relay "
+    "refused a connection (connections) or a mail as too fast (rate), another "
+    "throttle reply (reply), or the shared budget had no turn free (budget).",
+    ["kind"],
+)
+RELAY_ALLOWED_CONNECTIONS = Gauge(
+    "mailer_relay_allowed_connections",
+    "SMTP connections the shared budget allows now, across every worker "
+    "(MAILER_RELAY_MAX_CONNECTIONS or less, as learned from the relay).",
+    multiprocess_mode="livemostrecent",
+)
+RELAY_ALLOWED_RATE = Gauge(
+    "mailer_relay_allowed_rate",
+    "Mails per second the shared budget allows now (MAILER_RELAY_RATE or a "
+    "learned rate); 0 when no rate is in force.",
+    multiprocess_mode="livemostrecent",
+)
+RELAY_OPEN_CONNECTIONS = Gauge(
+    "mailer_relay_open_connections",
+    "SMTP connections to the relay open now, across every worker (the budget's count).",
+    multiprocess_mode="livemostrecent",
+)
+
 
 def record_attempt(
     *,
@@ -138,6 +168,24 @@ def record_relay_state(*, up: bool, source: str = "breaker") -> None:
     rather than "down".
     """
     RELAY_UP.labels(source=_bounded(source, RELAY_SOURCES)).set(1 if up else 0)
+
+
+def record_throttle(*, kind: str) -> None:
+    """Count one mail held back for the relay's pace (THROTTLE_KINDS)."""
+    RELAY_THROTTLES.labels(kind=_bounded(kind, THROTTLE_KINDS)).inc()
+
+
+def record_budget(
+    *,
+    concurrency: int,
+    rate: float | None,
+    open_connections: int | None = None,
+) -> None:
+    """Set the budget gauges: allowed connections and rate, connections open."""
+    RELAY_ALLOWED_CONNECTIONS.set(concurrency)
+    RELAY_ALLOWED_RATE.set(rate or 0)
+    if open_connections is not None:
+        RELAY_OPEN_CONNECTIONS.set(open_connections)
 
 
 def smtp_class_of(error: BaseException | None, code: int | None = None) -> str:

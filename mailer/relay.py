@@ -1,10 +1,12 @@
 """The relay's health, shared by every worker: down, probed, back.
 
-A relay-wide failure (connection refused or dropped, a timeout, a 421) is
-not any one mail's fault. The first one marks the relay down in the
-`RelayState` row; from then on, sends are parked without a connection and
-without spending their retries, and one worker at a time probes the relay
-(connect, EHLO, NOOP). The first sign that it is back, a probe or a mail
+A relay-wide failure (connection refused or dropped, a timeout, a 421 with
+no connection of ours working) is not any one mail's fault. The first one
+marks the relay down in the `RelayState` row; from then on, sends are parked
+without a connection and without spending their retries, and one worker at
+a time probes the relay (connect, EHLO, MAIL FROM, RCPT TO). A relay that
+throttles (mailer/budget.py) answers: it is never marked down, and a probe
+it throttles counts as an answer. The first sign that it is back, a probe or a mail
 accepted, releases every parked mail at once.
 """
 
@@ -20,7 +22,8 @@ from django.utils import timezone
 
 from mailer import leases, metrics, sweeper
 from mailer.models import RelayState
-from mailer.smtp import probe_relay
+from mailer.pool import NoBudget, probe_relay
+from mailer.smtp import classify_smtp_error
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +152,14 @@ def probe() -> bool:
     recipient = f"postmaster@{sender.rpartition('@')[2] or 'localhost'}"
     try:
         probe_relay(sender=sender, recipient=recipient)
-    except OSError as error:  # every smtplib error, refused, timed out
-        logger.info("relay probe failed: %s", error or type(error).__name__)
+    except NoBudget:  # slots held by connections still hanging: not proof
+        logger.info("relay probe waits: every connection slot is taken")
         return False
+    except OSError as error:  # every smtplib error, refused, timed out
+        if not classify_smtp_error(error).throttled:
+            logger.info("relay probe failed: %s", error or type(error).__name__)
+            return False
+        note_up(sign="probe throttled: the relay answers")
+        return True
     note_up(sign="probe answered")
     return True

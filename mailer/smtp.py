@@ -1,17 +1,28 @@
-"""SMTP policy: which failures are worth a retry, and one reused connection."""
+"""SMTP policy: which failures are worth a retry, throttling, and the probe."""
 
+import re
 import smtplib
 import ssl
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.core.mail import EmailMessage, get_connection
 from django.core.mail.backends import smtp as django_smtp
 
 # 421: the relay is closing the channel, for every mail, not for this one.
 SERVICE_NOT_AVAILABLE = 421
+# SES: "454 Throttling failure: Maximum sending rate exceeded".
+THROTTLING_FAILURE = 454
+# "452 4.5.3 Too many messages" / "too many recipients": the session's own cap.
+TOO_MANY = 452
+
+# Words of a relay saying "slow down" (Postfix's anvil: "too many
+# connections", "too much mail"; SES: "Throttling failure", "rate exceeded";
+# Microsoft 365: "message submission rate ... exceeded").
+_THROTTLE_WORDS = re.compile(
+    r"too many|too much|throttl|\brate\b|slow down|concurren",
+    re.IGNORECASE,
+)
+_ENHANCED_CODE = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 @dataclass(frozen=True)
@@ -24,9 +35,17 @@ class SendFailure:
     # The relay as a whole is unusable (refused, dropped, timed out, 421, a
     # 4xx before any recipient): not this mail's fault, so no retry is spent.
     relay_wide: bool = False
+    # The relay answers but takes no more from us right now: the mail waits
+    # its turn; no retry spent, nothing parked, the relay is not down.
+    throttled: bool = False
+    # Which limit a throttle reply was about: "connections" (refused at the
+    # greeting), "rate" (a mail refused as too fast) or "reply" (another
+    # throttle reply: a session's message cap, a 4xx at MAIL FROM while our
+    # other connections send).
+    limit: str = ""
 
 
-def classify_smtp_error(error: BaseException) -> SendFailure:
+def classify_smtp_error(error: BaseException, *, others_open: int = 0) -> SendFailure:
     """Tell a transient failure (retry) from a permanent one (fail at once).
 
     Every smtplib exception is an OSError, so the type alone says little:
@@ -35,6 +54,11 @@ def classify_smtp_error(error: BaseException) -> SendFailure:
     connections are transient, and relay-wide like a 421 or a 4xx to the
     greeting, EHLO or MAIL FROM; a 4xx for one recipient or one message
     (greylisting) is this mail's own.
+
+    A 4xx is throttling, not an outage, when its words say so (4.7.x "too
+    many connections", "too much mail", SES's 454 "Throttling failure", a
+    452 "too many messages"), or when it comes at the greeting or MAIL FROM
+    while `others_open` other connections of ours still hold the relay.
     """
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         replies = list(error.recipients.values())
@@ -42,7 +66,8 @@ def classify_smtp_error(error: BaseException) -> SendFailure:
         code = max(codes) if codes else None
         reason = "; ".join(_text(message) for _, message in replies)
         relay_wide = bool(codes) and all(c == SERVICE_NOT_AVAILABLE for c in codes)
-        return SendFailure(_is_transient(code), code, reason, relay_wide)
+        failure = SendFailure(_is_transient(code), code, reason, relay_wide)
+        return _throttled(failure, "rate") if _says_throttled(code, reason) else failure
     if isinstance(error, smtplib.SMTPResponseException):
         code = error.smtp_code
         reason = _text(error.smtp_error)
@@ -50,13 +75,59 @@ def classify_smtp_error(error: BaseException) -> SendFailure:
         relay_wide = _is_transient(code) and (
             code == SERVICE_NOT_AVAILABLE or before_recipients
         )
-        return SendFailure(_is_transient(code), code, reason, relay_wide)
+        failure = SendFailure(_is_transient(code), code, reason, relay_wide)
+        return _throttle_of(error, failure, others_open)
     if isinstance(error, smtplib.SMTPNotSupportedError | ssl.SSLCertVerificationError):
         return SendFailure(transient=False, code=None, reason=str(error))
     if isinstance(error, OSError):  # timeouts, resets, disconnects, DNS
         reason = str(error) or type(error).__name__
         return SendFailure(transient=True, code=None, reason=reason, relay_wide=True)
     raise TypeError(f"not an SMTP error: {error!r}")
+
+
+def _throttle_of(
+    error: smtplib.SMTPResponseException, failure: SendFailure, others_open: int
+) -> SendFailure:
+    """The throttled form of a reply's failure, if the reply is a throttle."""
+    if not failure.transient or failure.code is None:
+        return failure
+    greeting = isinstance(error, smtplib.SMTPConnectError)
+    sender = isinstance(error, smtplib.SMTPSenderRefused)
+    if _says_throttled(failure.code, failure.reason):
+        if greeting or "connection" in failure.reason.lower():
+            return _throttled(failure, "connections")
+        if failure.code == TOO_MANY:
+            return _throttled(failure, "reply")
+        return _throttled(failure, "rate")
+    if others_open > 0 and greeting and failure.code == SERVICE_NOT_AVAILABLE:
+        return _throttled(failure, "connections")
+    if others_open > 0 and sender:
+        return _throttled(failure, "reply")
+    return failure
+
+
+def _says_throttled(code: int | None, reason: str) -> bool:
+    """Whether a 4xx reply's code or words say "too many, too fast"."""
+    if code is None or not 400 <= code < 500:
+        return False
+    if code == THROTTLING_FAILURE:
+        return True
+    enhanced = _ENHANCED_CODE.match(reason)
+    if enhanced and enhanced.group(2) not in {"7", "5", "3"}:
+        # 4.2.x (greylisting, mailbox busy), 4.4.x (routing): this mail's own.
+        return False
+    return bool(_THROTTLE_WORDS.search(reason))
+
+
+def _throttled(failure: SendFailure, limit: str) -> SendFailure:
+    return SendFailure(
+        transient=True,
+        code=failure.code,
+        reason=failure.reason,
+        relay_wide=False,
+        throttled=True,
+        limit=limit,
+    )
 
 
 def _is_transient(code: int | None) -> bool:
@@ -103,111 +174,6 @@ class EmailBackend(django_smtp.EmailBackend):
     @property
     def connection_class(self):
         return FencedSMTPSSL if self.use_ssl else FencedSMTP
-
-
-def probe_relay(*, sender: str, recipient: str) -> None:
-    """Ask the relay to take a mail without sending one; raise if it would not.
-
-    Connect, EHLO, MAIL FROM and RCPT TO (a relay that defers every
-    recipient with 421 is down too), then RSET: no data is handed over. A
-    5xx for the recipient still shows a relay that answers. Raises what the
-    connection raised, or the 4xx reply.
-    """
-    backend = get_connection(fail_silently=False)
-    backend.open()
-    try:
-        smtp = getattr(backend, "connection", None)
-        if smtp is None:  # not an SMTP backend: nothing to probe
-            return
-        smtp.ehlo_or_helo_if_needed()
-        for command, argument in ((smtp.mail, sender), (smtp.rcpt, recipient)):
-            code, message = command(argument)
-            if 400 <= code < 500:
-                raise smtplib.SMTPResponseException(code, message)
-        smtp.rset()
-    finally:
-        _close_quietly(backend)
-
-
-class ReusedConnection:
-    """One SMTP connection per worker thread, reused across sends.
-
-    Opened on first use and re-opened after an error or when a NOOP finds
-    the idle connection closed; `close_all` ends every one at shutdown.
-    """
-
-    IDLE_CHECK_AFTER = 5.0  # seconds idle before a NOOP checks the line
-
-    _local = threading.local()
-    _all: set = set()
-    _lock = threading.Lock()
-
-    @classmethod
-    def send(
-        cls, message: EmailMessage, *, fence: Callable[[], bool] | None = None
-    ) -> None:
-        """Send one message; `fence` is asked right before DATA, if at all.
-
-        A backend that is not SMTP (the test suite's in-memory one) has no
-        DATA: the fence is asked before the message is handed to it.
-        """
-        backend = cls._backend()
-        smtp = getattr(backend, "connection", None)
-        fenced = isinstance(smtp, _FencedMixin)
-        try:
-            if fenced:
-                smtp.fence = fence
-            elif fence is not None and not fence():
-                raise ClaimLost("claim lost before sending")
-            backend.send_messages([message])
-        except BaseException:
-            cls._discard(backend)
-            raise
-        finally:
-            if fenced:
-                smtp.fence = None
-        cls._local.last_used = time.monotonic()
-
-    @classmethod
-    def close_all(cls) -> None:
-        with cls._lock:
-            backends, cls._all = cls._all, set()
-        for backend in backends:
-            _close_quietly(backend)
-        cls._local.__dict__.clear()
-
-    @classmethod
-    def _backend(cls):
-        backend = getattr(cls._local, "backend", None)
-        if backend is not None and not cls._is_alive(backend):
-            cls._discard(backend)
-            backend = None
-        if backend is None:
-            backend = get_connection(fail_silently=False)
-            backend.open()
-            cls._local.backend = backend
-            cls._local.last_used = time.monotonic()
-            with cls._lock:
-                cls._all.add(backend)
-        return backend
-
-    @classmethod
-    def _is_alive(cls, backend) -> bool:
-        idle = time.monotonic() - getattr(cls._local, "last_used", 0.0)
-        smtp = getattr(backend, "connection", None)
-        if smtp is None or idle < cls.IDLE_CHECK_AFTER:
-            return True
-        try:
-            return smtp.noop()[0] == 250
-        except (OSError, smtplib.SMTPException):
-            return False
-
-    @classmethod
-    def _discard(cls, backend) -> None:
-        _close_quietly(backend)
-        cls._local.backend = None
-        with cls._lock:
-            cls._all.discard(backend)
 
 
 def _close_quietly(backend) -> None:

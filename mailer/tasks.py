@@ -11,7 +11,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
 
 from mailer import attempts, sweeper
-from mailer.smtp import ReusedConnection
+from mailer.pool import pool
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,9 @@ def send_welcome_email(self: Task, delivery_id: int) -> str:
     """Send the welcome mail of one outbox row, at most once.
 
     Returns "sent", "skipped" when another attempt owns or finished the row,
-    or "parked" when the relay is down and the mail waits for it. Messages
+    or "parked" when the relay is down and the mail waits for it; a mail
+    the relay throttles comes back in a few seconds (a retry of the task
+    that spends none of the row's). Messages
     queued for other kinds under this name, before they had their own task,
     are sent too: the row says what it is.
     """
@@ -48,6 +50,8 @@ def _send(task: Task, delivery_id: int) -> str:
         delivery_id=delivery_id, task_id=task.request.id, retries=task.request.retries
     )
     _log(task.request, delivery_id, outcome, time.monotonic() - started)
+    if isinstance(outcome, attempts.Throttled):
+        raise task.retry(countdown=outcome.countdown, max_retries=None)
     if isinstance(outcome, attempts.RetryAfter):
         raise task.retry(
             exc=outcome.error,
@@ -103,4 +107,4 @@ def sweep_stale_deliveries() -> dict[str, int]:
 @worker_process_shutdown.connect
 def close_smtp_connections(**kwargs) -> None:
     """Say QUIT to the relay on every connection this worker kept open."""
-    ReusedConnection.close_all()
+    pool.stop()

@@ -197,6 +197,14 @@ MAILER_RELAY_PROBE_INTERVAL = env.float("MAILER_RELAY_PROBE_INTERVAL", default=5
 MAILER_RELAY_PROBE_INTERVAL_MAX = env.float(
     "MAILER_RELAY_PROBE_INTERVAL_MAX", default=60.0
 )
+# The relay's budget, shared by every worker process and thread through Redis
+# (mailer/budget.py): at most this many open SMTP connections (Postfix allows
+# 50 per client by default, shared relays fewer), and, when set, at most this
+# many mails per second. Below both, limits learned from the relay's throttle
+# replies apply. Read raw: a nonsense value is a system check error
+# (mailer.E003/E004), not a crash here.
+MAILER_RELAY_MAX_CONNECTIONS = env.str("MAILER_RELAY_MAX_CONNECTIONS", default="8")
+MAILER_RELAY_RATE = env.str("MAILER_RELAY_RATE", default="")
 # Hard limit on one send attempt: past it a worker stops renewing the
 # attempt's lease, so a hung attempt's row goes to another worker.
 MAILER_SEND_TIME_LIMIT = env.float("MAILER_SEND_TIME_LIMIT", default=120.0)

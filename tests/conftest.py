@@ -4,8 +4,8 @@ import pytest
 import redis
 from django.db import connection
 
-from mailer import dispatch, relay
-from mailer.smtp import ReusedConnection
+from mailer import budget, dispatch, relay
+from mailer.pool import pool
 from tests import services
 from tests.support import RedisServer, SmtpServer, WorkerProcess
 
@@ -14,7 +14,8 @@ from tests.support import RedisServer, SmtpServer, WorkerProcess
 def _fresh_smtp_connections():
     """No SMTP connection or relay state kept by one test leaks into the next."""
     yield
-    ReusedConnection.close_all()
+    pool.close_all()
+    budget.forget()
     relay.forget_belief()
     dispatch.forget_broker_failure()
 

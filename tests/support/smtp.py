@@ -10,9 +10,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
-
-# What Amazon SES answers above an account's maximum sending rate.
-THROTTLING_FAILURE = "454 4.7.0 Throttling failure: Maximum sending rate exceeded."
+from aiosmtpd.smtp import SMTP
 
 
 @dataclass
@@ -39,35 +37,24 @@ class SmtpScript:
     `delay` stalls after the message data arrived (the relay has the mail);
     `rcpt_delay` stalls at RCPT TO, before any data was sent; `rcpt_reply`,
     when set, answers every RCPT TO (a relay deferring everyone).
-    `max_rate`, when set, is a sending rate in mails per second, as Amazon
-    SES enforces it: MAIL FROM above it is answered `throttle_reply`.
+
+    A throttling relay: above `max_connections` open sessions a new one gets
+    `connection_reply` at the greeting and is closed (Postfix's anvil); above
+    `rate` mails per `rate_window` seconds (a fixed window, as anvil counts)
+    MAIL FROM gets `rate_reply` (SES's words by default).
     """
 
     replies: dict[str, list[str]] = field(default_factory=dict)
     delay: float = 0.0
     rcpt_delay: float = 0.0
     rcpt_reply: str = ""
-    max_rate: float = 0.0
-    throttle_reply: str = THROTTLING_FAILURE
-
-
-class TokenBucket:
-    """`rate` tokens a second, at most one second's worth saved up."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.at = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+    max_connections: int = 0
+    connection_reply: str = (
+        "421 4.7.0 127.0.0.1 Error: too many connections from 127.0.0.1"
+    )
+    rate: int = 0
+    rate_window: float = 1.0
+    rate_reply: str = "454 Throttling failure: Maximum sending rate exceeded."
 
 
 class RecordingHandler:
@@ -81,9 +68,13 @@ class RecordingHandler:
         self.data_started = 0
         self.rcpt_seen = 0
         self.connections = 0
-        self.throttled = 0
         self.script = SmtpScript()
-        self.bucket: TokenBucket | None = None
+        self.sessions_open = 0
+        self.most_sessions_open = 0
+        self.refused_connections = 0
+        self.refused_mails = 0
+        self.window_started = 0.0
+        self.window_mails = 0
 
     def reset(self) -> None:
         with self.lock:
@@ -93,18 +84,38 @@ class RecordingHandler:
             self.data_started = 0
             self.rcpt_seen = 0
             self.connections = 0
-            self.throttled = 0
             self.script = SmtpScript()
-            self.bucket = None
+            self.most_sessions_open = self.sessions_open
+            self.refused_connections = 0
+            self.refused_mails = 0
+            self.window_started = 0.0
+            self.window_mails = 0
+
+    def session_opened(self) -> str:
+        """Count a new session; the greeting to refuse it with, or "" to serve it."""
+        with self.lock:
+            self.sessions_open += 1
+            self.most_sessions_open = max(self.most_sessions_open, self.sessions_open)
+            cap = self.script.max_connections
+            if cap and self.sessions_open > cap:
+                self.refused_connections += 1
+                return self.script.connection_reply
+            return ""
+
+    def session_closed(self) -> None:
+        with self.lock:
+            self.sessions_open -= 1
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
-        if self.script.max_rate:
-            with self.lock:
-                if self.bucket is None or self.bucket.rate != self.script.max_rate:
-                    self.bucket = TokenBucket(self.script.max_rate)
-                if not self.bucket.take():
-                    self.throttled += 1
-                    return self.script.throttle_reply
+        with self.lock:
+            if self.script.rate:
+                now = time.monotonic()
+                if now - self.window_started >= self.script.rate_window:
+                    self.window_started, self.window_mails = now, 0
+                if self.window_mails >= self.script.rate:
+                    self.refused_mails += 1
+                    return self.script.rate_reply
+                self.window_mails += 1
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -156,13 +167,41 @@ class RecordingHandler:
             ]
 
 
+class ScriptedSMTP(SMTP):
+    """aiosmtpd's SMTP session, counted, and refused at the greeting over a cap."""
+
+    def connection_made(self, transport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self.refusal = self.event_handler.session_opened()
+
+    def connection_lost(self, error) -> None:
+        self.event_handler.session_closed()
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if getattr(self, "refusal", ""):
+            await self.push(self.refusal)
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+
+class ScriptedController(Controller):
+    def factory(self):
+        return ScriptedSMTP(self.handler, **self.SMTP_kwargs)
+
+
 class SmtpServer:
     """A real SMTP server (aiosmtpd) in a thread of the test process."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.handler = RecordingHandler()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=port)
+        self.controller = ScriptedController(
+            self.handler, hostname="127.0.0.1", port=port
+        )
 
     def start(self) -> "SmtpServer":
         self.controller.start()

@@ -1,0 +1,490 @@
+"""The relay's sending budget, shared by every worker process and thread.
+
+Three things live in the broker's Redis, each changed by one Lua script so
+that no two workers ever read-modify-write it apart:
+
+- the open SMTP connections: a counting semaphore, one sorted-set member per
+  connection whose score is when its hold expires. The pool renews its
+  holds every second, so a killed worker's slots free themselves within
+  SLOT_TTL;
+- the sending rate: a GCRA token bucket (a theoretical arrival time), when a
+  rate is in force;
+- the limits learned from the relay, below MAILER_RELAY_MAX_CONNECTIONS and
+  MAILER_RELAY_RATE: a throttle reply cuts them (multiplicative decrease),
+  a run of accepted mails raises them again (additive increase), like
+  Postfix's per-destination feedback. They expire LEARNED_TTL after the last
+  cut, so a limit learned on a bad afternoon does not stay forever.
+
+Redis is the broker too, so when it is down few mails move anyway. Each call
+then answers "no budget" at once (`None`) and the budget is not asked again
+for UNAVAILABLE_FOR seconds: the pool falls back to MAILER_RELAY_MAX_CONNECTIONS
+per process and no rate, the send path neither stalls nor fails.
+"""
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "mailer:relay:"
+SLOTS_KEY = PREFIX + "slots"
+LIMITS_KEY = PREFIX + "limits"
+TAT_KEY = PREFIX + "tat"
+SENT_KEY = PREFIX + "sent"
+THROTTLING_KEY = PREFIX + "throttling"
+
+SLOT_TTL = 10.0  # seconds a connection's hold lasts without renewal
+LEARNED_TTL = 600  # seconds a learned limit outlives the last throttle reply
+THROTTLING_QUIET = 60  # seconds without a throttle reply that end an episode
+OBSERVED_WINDOW = 60  # seconds of accepted mails the observed rate looks at
+CUT_EVERY = 1.0  # seconds: one cut of the rate, however many replies say so
+MIN_RATE = 0.1  # mails per second: a learned rate never goes below this
+SOCKET_TIMEOUT = 0.5  # seconds: a frozen Redis must not stall a send
+UNAVAILABLE_FOR = 5.0  # seconds the budget is not asked after Redis failed
+
+# KEYS: slots, limits. ARGV: holder, ceiling, ttl_ms.
+# -> {granted (0/1), connections open, allowed concurrency}
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local limit = tonumber(ARGV[2])
+local learned = tonumber(redis.call('HGET', KEYS[2], 'concurrency'))
+if learned and learned < limit then limit = learned end
+local count = redis.call('ZCARD', KEYS[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  return {1, count, limit}
+end
+if count < limit then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return {1, count + 1, limit}
+end
+return {0, count, limit}
+"""
+
+# KEYS: slots, limits. ARGV: ceiling, ttl_ms, holder... (held by the caller)
+# -> {connections open, allowed concurrency, learned rate or ''}
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], now + ttl, ARGV[i]) end
+if #ARGV > 2 then redis.call('PEXPIRE', KEYS[1], ttl) end
+local limit = tonumber(ARGV[1])
+local learned = tonumber(redis.call('HGET', KEYS[2], 'concurrency'))
+if learned and learned < limit then limit = learned end
+local rate = redis.call('HGET', KEYS[2], 'rate') or ''
+return {redis.call('ZCARD', KEYS[1]), limit, rate}
+"""
+
+# KEYS: slots. -> connections open now.
+_COUNT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# KEYS: tat, limits. ARGV: ceiling rate (0: none), max wait in ms.
+# -> {reserved (1) or not (0), wait in ms}; a reservation needs no wait if
+# no rate is in force.
+_RESERVE = """
+local rate = tonumber(ARGV[1])
+local learned = tonumber(redis.call('HGET', KEYS[2], 'rate'))
+if learned and (rate <= 0 or learned < rate) then rate = learned end
+if rate <= 0 then return {1, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat or tat < now then tat = now end
+local wait = tat - now
+if wait > tonumber(ARGV[2]) then return {0, math.ceil(wait)} end
+local interval = 1000 / rate
+local keep = math.ceil(wait + interval) + 1000
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', keep)
+return {1, math.ceil(wait)}
+"""
+
+# KEYS: limits, sent. ARGV: ceiling connections, ceiling rate (0: none).
+# -> {changed (0/1), learned concurrency or '', learned rate or ''}
+_ACCEPTED = """
+local t = redis.call('TIME')
+local second = tonumber(t[1])
+redis.call('HINCRBY', KEYS[2], second, 1)
+redis.call('EXPIRE', KEYS[2], 90)
+for s = second - 70, second - 61 do redis.call('HDEL', KEYS[2], s) end
+local c = tonumber(redis.call('HGET', KEYS[1], 'concurrency'))
+local r = tonumber(redis.call('HGET', KEYS[1], 'rate'))
+if not c and not r then return {0, '', ''} end
+local changed = 0
+-- One more connection after a run of as many mails as connections (at
+-- least 10); a tenth more rate (at least 1/s) after a second's worth of
+-- mails (at least 5), as Postfix's positive feedback.
+if c then
+  local run = redis.call('HINCRBY', KEYS[1], 'run', 1)
+  if run >= math.max(10, c) then
+    changed = 1
+    c = c + 1
+    if c >= tonumber(ARGV[1]) then
+      redis.call('HDEL', KEYS[1], 'concurrency', 'run')
+      c = nil
+    else
+      redis.call('HSET', KEYS[1], 'concurrency', c, 'run', 0)
+    end
+  end
+end
+if r then
+  local run = redis.call('HINCRBY', KEYS[1], 'run_rate', 1)
+  if run >= math.max(5, math.ceil(r)) then
+    changed = 1
+    r = r + math.max(1, r / 10)
+    local ceiling = tonumber(ARGV[2])
+    if ceiling > 0 and r >= ceiling then
+      redis.call('HDEL', KEYS[1], 'rate', 'run_rate')
+      r = nil
+    else
+      redis.call('HSET', KEYS[1], 'rate', tostring(r), 'run_rate', 0)
+    end
+  end
+end
+if changed == 0 then return {0, tostring(c or ''), tostring(r or '')} end
+return {1, tostring(c or ''), tostring(r or '')}
+"""
+
+# KEYS: limits, sent, throttling. ARGV: limit ('connections' or 'rate'),
+# connections of ours still open, ceiling connections, ceiling rate (0: none),
+# min rate, learned ttl s, quiet s, cut every ms.
+# -> {changed (0/1), episode started (0/1), learned concurrency or '',
+#     learned rate or ''}
+_THROTTLED = """
+local t = redis.call('TIME')
+local second = tonumber(t[1])
+local now = second * 1000 + math.floor(tonumber(t[2]) / 1000)
+local started = redis.call('SET', KEYS[3], now, 'NX', 'EX', ARGV[7]) and 1 or 0
+if started == 0 then redis.call('EXPIRE', KEYS[3], ARGV[7]) end
+local changed = 0
+if ARGV[1] == 'connections' then
+  -- An observation, not a multiplier: every reply may lower it further.
+  local current = tonumber(redis.call('HGET', KEYS[1], 'concurrency'))
+    or tonumber(ARGV[3])
+  local new = math.max(1, tonumber(ARGV[2]))
+  if new < current then
+    redis.call('HSET', KEYS[1], 'concurrency', new, 'run', 0)
+    changed = 1
+  end
+else
+  local current = tonumber(redis.call('HGET', KEYS[1], 'rate'))
+  local ceiling = tonumber(ARGV[4])
+  if not current and ceiling > 0 then current = ceiling end
+  local accepted, oldest = 0, nil
+  for s = second - 59, second do
+    local n = tonumber(redis.call('HGET', KEYS[2], s))
+    if n and n > 0 then
+      accepted = accepted + n
+      if not oldest then oldest = s end
+    end
+  end
+  local new
+  if accepted > 0 then
+    new = accepted / math.max(1, now / 1000 - oldest)
+    if current and new >= current then new = current / 2 end
+  elseif current then
+    new = current / 2
+  else
+    new = 1
+  end
+  -- Once per CUT_EVERY, however many replies say so: the rest of a relay's
+  -- window refuses everything, and the rate looks lower each time.
+  local last = tonumber(redis.call('HGET', KEYS[1], 'cut_rate'))
+  local recent = last and now - last < tonumber(ARGV[8])
+  new = math.max(tonumber(ARGV[5]), new)
+  if (not current or new < current) and not recent then
+    redis.call('HSET', KEYS[1], 'rate', tostring(new), 'cut_rate', now, 'run_rate', 0)
+    changed = 1
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+local c = redis.call('HGET', KEYS[1], 'concurrency') or ''
+local r = redis.call('HGET', KEYS[1], 'rate') or ''
+return {changed, started, c, r}
+"""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the budget allows now: connections, and mails per second (None: any)."""
+
+    concurrency: int
+    rate: float | None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A send's place under the rate: reserved or not, and seconds until it."""
+
+    reserved: bool
+    wait: float
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a throttle reply or a run of accepted mails did to the limits."""
+
+    limits: Limits
+    changed: bool
+    started: bool = False  # the first throttle reply of an episode
+
+
+def max_connections() -> int:
+    """MAILER_RELAY_MAX_CONNECTIONS, parsed; raises ValueError when nonsense."""
+    value = settings.MAILER_RELAY_MAX_CONNECTIONS
+    number = int(str(value).strip())
+    if number < 1:
+        raise ValueError(f"{value!r} is below 1")
+    return number
+
+
+def fixed_rate() -> float | None:
+    """MAILER_RELAY_RATE in mails per second, None if unset; ValueError if nonsense."""
+    value = settings.MAILER_RELAY_RATE
+    if value is None or str(value).strip() == "":
+        return None
+    number = float(str(value).strip())
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{value!r} is not a positive number")
+    return number
+
+
+def acquire_slot(*, holder: str) -> bool | None:
+    """Take one connection slot for `holder`; None when the budget is unreachable."""
+    reply = _run(_ACQUIRE, [SLOTS_KEY, LIMITS_KEY], holder, max_connections(), _ttl())
+    if reply is None:
+        return None
+    granted, open_now, allowed = reply
+    _seen.update(open_now=int(open_now), concurrency=int(allowed))
+    return bool(granted)
+
+
+def renew_slots(*, holders: list[str]) -> tuple[int, Limits] | None:
+    """Renew the holds of `holders`; return connections open and the limits."""
+    reply = _run(_RENEW, [SLOTS_KEY, LIMITS_KEY], max_connections(), _ttl(), *holders)
+    if reply is None:
+        return None
+    open_now, allowed, rate = reply
+    limits = Limits(int(allowed), _ceiling_rate(_float(rate)))
+    _seen.update(open_now=int(open_now), concurrency=limits.concurrency)
+    return int(open_now), limits
+
+
+def release_slot(*, holder: str) -> None:
+    """Give a connection's slot back (the connection is closed or going)."""
+    _call(lambda client: client.zrem(SLOTS_KEY, holder))
+
+
+def open_connections() -> int | None:
+    """Connections to the relay open now, across every worker; None if unknown."""
+    reply = _run(_COUNT, [SLOTS_KEY])
+    return None if reply is None else int(reply)
+
+
+def reserve_send(*, max_wait: float) -> Turn:
+    """Reserve the next send under the rate: when it may go.
+
+    Reserved with a wait of at most `max_wait` seconds; else nothing is
+    reserved and `wait` says how far away the next turn is. Reserved at
+    once when no rate is in force or the budget is unreachable.
+    """
+    ceiling = fixed_rate() or 0
+    reply = _run(_RESERVE, [TAT_KEY, LIMITS_KEY], ceiling, int(max_wait * 1000))
+    if reply is None:
+        return Turn(reserved=True, wait=0.0)
+    reserved, wait_ms = reply
+    return Turn(reserved=bool(reserved), wait=int(wait_ms) / 1000)
+
+
+def note_accepted() -> Change | None:
+    """Count a mail the relay accepted; after a run of them, raise learned limits."""
+    ceiling = fixed_rate() or 0
+    reply = _run(_ACCEPTED, [LIMITS_KEY, SENT_KEY], max_connections(), ceiling)
+    if reply is None:
+        return None
+    changed, concurrency, rate = reply
+    return Change(_limits(concurrency, rate), bool(changed))
+
+
+def note_throttled(*, limit: str, others_open: int) -> Change | None:
+    """Cut the learned limit a throttle reply was about: "connections" or "rate".
+
+    Connections go down to the ones of ours that were still open (at least
+    one); the rate to the rate the relay accepted over the last minute, or
+    half the rate in force if that was no lower; the rate at most once per
+    CUT_EVERY, however many replies arrive in that second.
+    """
+    reply = _run(
+        _THROTTLED,
+        [LIMITS_KEY, SENT_KEY, THROTTLING_KEY],
+        "connections" if limit == "connections" else "rate",
+        max(0, others_open),
+        max_connections(),
+        fixed_rate() or 0,
+        MIN_RATE,
+        LEARNED_TTL,
+        THROTTLING_QUIET,
+        int(CUT_EVERY * 1000),
+    )
+    if reply is None:
+        return None
+    changed, started, concurrency, rate = reply
+    return Change(_limits(concurrency, rate), bool(changed), bool(started))
+
+
+def current_limits() -> Limits:
+    """The limits in force; the ceilings when the budget is unreachable."""
+    reply = _call(lambda client: client.hmget(LIMITS_KEY, "concurrency", "rate"))
+    if reply is None:
+        return Limits(max_connections(), fixed_rate())
+    return _limits(*reply)
+
+
+def last_seen() -> tuple[int, int]:
+    """Connections open and allowed concurrency, as this process last saw them."""
+    return _seen.open_now, _seen.concurrency
+
+
+def forget() -> None:
+    """Drop every shared budget key and this process's view of them (tests)."""
+    _call(lambda client: client.delete(SLOTS_KEY, LIMITS_KEY, TAT_KEY, SENT_KEY))
+    _call(lambda client: client.delete(THROTTLING_KEY))
+    _state.reset()
+    _seen.update(open_now=0, concurrency=0)
+
+
+class _Seen:
+    """The last figures a script returned: for gauges and over-limit checks."""
+
+    open_now = 0
+    concurrency = 0
+
+    def update(self, *, open_now: int, concurrency: int) -> None:
+        self.open_now, self.concurrency = open_now, concurrency
+
+
+_seen = _Seen()
+
+
+class _State:
+    """This process's Redis client and when it may ask Redis again."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.client: redis.Redis | None = None
+        self.url = ""
+        self.scripts: dict[str, object] = {}
+        self.retry_at = 0.0
+        self.warned_at = getattr(self, "warned_at", -math.inf)
+
+
+_state = _State()
+
+
+def _client() -> redis.Redis:
+    url = settings.REDIS_URL
+    with _state.lock:
+        if _state.client is None or _state.url != url:
+            _state.client = _build_client(url)
+            _state.url = url
+            _state.scripts = {}
+        return _state.client
+
+
+def _build_client(url: str) -> redis.Redis:
+    options = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "retry_on_timeout": False,
+        "health_check_interval": 30,
+    }
+    if url.startswith("sentinel://"):
+        from celery import current_app
+
+        connection = current_app.connection_for_write(
+            transport_options={
+                "socket_timeout": SOCKET_TIMEOUT,
+                "socket_connect_timeout": SOCKET_TIMEOUT,
+            }
+        )
+        return connection.default_channel.client
+    if url.startswith("rediss://"):
+        options["ssl_cert_reqs"] = "required"
+        if settings.REDIS_SSL_CA_CERTS:
+            options["ssl_ca_certs"] = settings.REDIS_SSL_CA_CERTS
+    return redis.Redis.from_url(url, **options)
+
+
+def _run(script: str, keys: list[str], *args):
+    def run(client):
+        registered = _state.scripts.get(script)
+        if registered is None:
+            registered = _state.scripts[script] = client.register_script(script)
+        return registered(keys=keys, args=args, client=client)
+
+    return _call(run)
+
+
+def _call(operation):
+    """Run one Redis operation; None, and a rest for Redis, when it fails."""
+    if time.monotonic() < _state.retry_at:
+        return None
+    try:
+        return operation(_client())
+    except (redis.RedisError, OSError) as error:
+        now = time.monotonic()
+        first = now - _state.warned_at > 60
+        _state.retry_at = now + UNAVAILABLE_FOR
+        if first:
+            _state.warned_at = now
+        (logger.warning if first else logger.info)(
+            "relay budget unavailable (%r): no shared limits for %.0f s",
+            error,
+            UNAVAILABLE_FOR,
+        )
+        return None
+
+
+def _ttl() -> int:
+    return int(SLOT_TTL * 1000)
+
+
+def _float(value) -> float | None:
+    if value in (None, b"", ""):
+        return None
+    return float(value)
+
+
+def _ceiling_rate(learned: float | None) -> float | None:
+    ceiling = fixed_rate()
+    if learned is None:
+        return ceiling
+    return learned if ceiling is None else min(learned, ceiling)
+
+
+def _limits(concurrency, rate) -> Limits:
+    ceiling = max_connections()
+    learned = int(_float(concurrency)) if _float(concurrency) else None
+    return Limits(
+        min(learned, ceiling) if learned else ceiling,
+        _ceiling_rate(_float(rate)),
+    )

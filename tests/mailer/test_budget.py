@@ -1,0 +1,207 @@
+"""The relay budget's scripts against the suite's real redis-server."""
+
+import signal
+import time
+
+import pytest
+
+from mailer import budget
+from tests.support import RedisServer, free_port
+
+
+@pytest.fixture
+def shared(redis_server, settings):
+    """A budget in the suite's Redis with a cap of 3 and no fixed rate, emptied."""
+    settings.MAILER_RELAY_MAX_CONNECTIONS = "3"
+    settings.MAILER_RELAY_RATE = ""
+    budget.forget()
+    yield redis_server
+    budget.forget()
+
+
+def test_slots_stop_at_the_cap_and_a_released_slot_is_free_again(shared):
+    granted = [budget.acquire_slot(holder=f"h{n}") for n in range(5)]
+
+    assert granted == [True, True, True, False, False]
+    assert budget.open_connections() == 3
+    budget.release_slot(holder="h1")
+    assert budget.acquire_slot(holder="h9") is True
+    assert budget.acquire_slot(holder="h10") is False
+
+
+def test_a_dead_workers_slots_free_themselves_when_their_hold_runs_out(
+    shared, monkeypatch
+):
+    monkeypatch.setattr(budget, "SLOT_TTL", 1.0)
+    for n in range(3):
+        assert budget.acquire_slot(holder=f"dead{n}")
+    budget.acquire_slot(holder="alive")  # full: refused
+    assert budget.acquire_slot(holder="alive") is False
+
+    time.sleep(1.2)  # nobody renewed them
+
+    assert budget.acquire_slot(holder="alive") is True
+    assert budget.open_connections() == 1
+
+
+def test_renewed_slots_outlive_their_first_hold(shared, monkeypatch):
+    monkeypatch.setattr(budget, "SLOT_TTL", 1.0)
+    for n in range(3):
+        budget.acquire_slot(holder=f"h{n}")
+
+    for _ in range(3):
+        time.sleep(0.5)
+        open_now, limits = budget.renew_slots(holders=["h0", "h1", "h2"])
+
+    assert open_now == 3 and limits.concurrency == 3
+    assert budget.acquire_slot(holder="late") is False
+
+
+def test_a_connection_throttle_cuts_concurrency_to_the_connections_still_working(
+    shared,
+):
+    change = budget.note_throttled(limit="connections", others_open=2)
+
+    assert change.changed and change.started
+    assert budget.current_limits().concurrency == 2
+    assert [budget.acquire_slot(holder=f"h{n}") for n in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+
+
+def test_every_connection_throttle_may_lower_concurrency_never_raise_it(shared):
+    budget.note_throttled(limit="connections", others_open=2)
+
+    lower = budget.note_throttled(limit="connections", others_open=1)
+    higher = budget.note_throttled(limit="connections", others_open=2)
+
+    assert lower.changed and not lower.started
+    assert not higher.changed
+    assert budget.current_limits().concurrency == 1
+
+
+def test_one_halving_of_the_rate_per_second_however_many_replies_say_so(shared):
+    budget.note_throttled(limit="rate", others_open=0)  # nothing accepted: 1/s
+
+    again = budget.note_throttled(limit="rate", others_open=0)
+
+    assert not again.changed and not again.started
+    assert budget.current_limits().rate == 1
+
+
+def test_a_run_of_accepted_mails_raises_concurrency_back_to_the_ceiling(shared):
+    budget.note_throttled(limit="connections", others_open=1)
+
+    raised = [budget.note_accepted() for _ in range(10)]
+
+    assert [c.changed for c in raised] == [False] * 9 + [True]
+    assert budget.current_limits().concurrency == 2
+    for _ in range(10):
+        budget.note_accepted()
+    assert budget.current_limits().concurrency == 3  # the ceiling: learned no more
+    assert budget.current_limits() == budget.Limits(concurrency=3, rate=None)
+
+
+def test_a_rate_throttle_sets_the_rate_the_relay_accepted(shared):
+    for _ in range(20):
+        budget.note_accepted()
+
+    change = budget.note_throttled(limit="rate", others_open=0)
+
+    # 20 accepted within the last one or two seconds.
+    assert change.changed
+    assert 10 <= budget.current_limits().rate <= 20
+
+
+def test_a_rate_throttle_with_nothing_accepted_starts_at_one_per_second(shared):
+    budget.note_throttled(limit="rate", others_open=0)
+
+    assert budget.current_limits().rate == 1
+
+
+def test_a_throttle_below_a_learned_rate_halves_it(shared, monkeypatch):
+    monkeypatch.setattr(budget, "CUT_EVERY", 0.0)
+    budget.note_throttled(limit="rate", others_open=0)  # 1/s, nothing accepted
+
+    budget.note_throttled(limit="rate", others_open=0)
+    budget.note_throttled(limit="rate", others_open=0)
+
+    assert budget.current_limits().rate == 0.25
+
+
+def test_a_fixed_rate_spaces_the_sends_and_says_how_far_the_next_turn_is(
+    shared, settings
+):
+    settings.MAILER_RELAY_RATE = "10"
+
+    turns = [budget.reserve_send(max_wait=0.25) for _ in range(5)]
+
+    waits = [t.wait for t in turns if t.reserved]
+    assert len(waits) == 3  # at 0, 0.1 and 0.2 s: the next is past 0.25 s
+    assert waits[0] < 0.02 and 0.08 <= waits[1] <= 0.11 and 0.18 <= waits[2] <= 0.21
+    assert not turns[3].reserved and 0.25 < turns[3].wait <= 0.31
+
+
+def test_no_rate_in_force_means_no_wait(shared):
+    turns = [budget.reserve_send(max_wait=0.1) for _ in range(50)]
+
+    assert all(t.reserved and t.wait == 0 for t in turns)
+
+
+def test_a_learned_rate_below_the_fixed_one_sets_the_pace(shared, settings):
+    settings.MAILER_RELAY_RATE = "100"
+    budget.note_throttled(limit="rate", others_open=0)  # nothing accepted: half
+
+    first = budget.reserve_send(max_wait=0.5)
+    second = budget.reserve_send(max_wait=0.5)
+
+    assert budget.current_limits().rate == 50
+    assert first.reserved and second.reserved
+    assert 0.015 <= second.wait - first.wait <= 0.021
+
+
+def test_learned_limits_expire_after_the_last_throttle(shared, monkeypatch):
+    monkeypatch.setattr(budget, "LEARNED_TTL", 1)
+    budget.note_throttled(limit="connections", others_open=1)
+    budget.note_throttled(limit="rate", others_open=0)
+
+    time.sleep(2.1)
+
+    assert budget.current_limits() == budget.Limits(concurrency=3, rate=None)
+
+
+def test_an_unreachable_budget_answers_at_once_and_lets_sends_through(settings):
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens
+    budget.forget()
+    started = time.monotonic()
+
+    slot = budget.acquire_slot(holder="h")
+    turn = budget.reserve_send(max_wait=1)
+    change = budget.note_throttled(limit="rate", others_open=0)
+
+    assert slot is None and change is None
+    assert turn.reserved and turn.wait == 0
+    assert time.monotonic() - started < 1.0
+    budget.forget()
+
+
+def test_a_frozen_redis_costs_a_send_half_a_second_once(settings):
+    server = RedisServer(free_port()).start()
+    settings.REDIS_URL = server.url
+    budget.forget()
+    try:
+        assert budget.acquire_slot(holder="h") is True
+        server.process.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        first = budget.acquire_slot(holder="h2")
+        second = budget.acquire_slot(holder="h3")
+        elapsed = time.monotonic() - started
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        budget.forget()
+        server.cleanup()
+
+    assert first is None and second is None
+    assert elapsed < 1.5
