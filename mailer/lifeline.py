@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 import uuid
+from typing import NamedTuple
 
 from celery.signals import task_received, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
@@ -53,26 +54,37 @@ RECEIPT_GAP = 0.5  # seconds: the least time between two renewals of receipts
 OUTAGES = (DatabaseError, OSError, KombuError, RedisError)
 
 
-def held_deliveries(*, now: float) -> tuple[list[int], list[str]]:
-    """Delivery ids and task ids of the send tasks this process holds."""
+class Held(NamedTuple):
+    """The send tasks this process holds, by what their rows should be."""
+
+    waiting: list[int]  # rows of messages received and not started: pending
+    running: dict[str, int]  # task id to row of the attempts running: sending
+
+
+def held_deliveries(*, now: float) -> Held:
+    """The rows of the send tasks this process holds, waiting or running."""
     for _ in range(3):  # the sets change under other threads
         try:
-            requests = [*worker_state.reserved_requests, *worker_state.active_requests]
+            active = set(worker_state.active_requests)
+            requests = [*worker_state.reserved_requests, *active]
             break
         except RuntimeError:
             continue
     else:
-        return [], []
-    ids, task_ids = [], []
+        return Held([], {})
+    held = Held([], {})
     for request in requests:
         if request.task_name not in LEASED_TASKS or not request.args:
+            continue
+        delivery_id = int(request.args[0])
+        if request not in active:
+            held.waiting.append(delivery_id)
             continue
         started = request.time_start
         if started and now - started > settings.MAILER_SEND_TIME_LIMIT:
             continue
-        ids.append(int(request.args[0]))
-        task_ids.append(request.id)
-    return ids, task_ids
+        held.running[request.id] = delivery_id
+    return held
 
 
 class Lifeline(threading.Thread):
@@ -126,9 +138,11 @@ class Lifeline(threading.Thread):
         On failure the next beat renews them with the rest of what is held.
         """
         with self.receipts_lock:
-            ids, self.receipts = list(self.receipts), set()
+            received, self.receipts = self.receipts, set()
+        # Only what still waits: an attempt that already ran set its own lease.
+        waiting = set(held_deliveries(now=time.time()).waiting) & received
         try:
-            leases.renew_leases(delivery_ids=ids, task_ids=[])
+            leases.renew_leases(waiting_ids=list(waiting), running={})
         except OUTAGES as error:
             logger.warning("lifeline: renew_receipts failed: %r", error)
             connections.close_all()
@@ -146,8 +160,8 @@ class Lifeline(threading.Thread):
                 connections.close_all()
 
     def renew(self) -> None:
-        ids, task_ids = held_deliveries(now=time.time())
-        leases.renew_leases(delivery_ids=ids, task_ids=task_ids)
+        held = held_deliveries(now=time.time())
+        leases.renew_leases(waiting_ids=held.waiting, running=held.running)
 
     def rescue(self) -> None:
         report = sweeper.sweep_stale_deliveries()
@@ -266,9 +280,15 @@ def start_lifeline(sender, **kwargs) -> None:
 def renew_on_receipt(sender, request, **kwargs) -> None:
     """Have the lifeline renew a send task's row as soon as its message arrives.
 
-    Runs in the consumer for every message: a set insert, no query.
+    Runs in the consumer for every message: a set insert, no query. A
+    message with a countdown (a retry's backoff, a throttled mail's turn)
+    is left alone: its row's lease already runs past the countdown, and a
+    lease renewed to MAILER_LEASE now would lapse before the countdown
+    ends, and the rescue would send the mail early.
     """
     if _lifeline is None or request.task_name not in LEASED_TASKS or not request.args:
+        return
+    if request.eta:
         return
     _lifeline.note_receipt(int(request.args[0]))
 
