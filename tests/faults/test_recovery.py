@@ -123,7 +123,7 @@ def test_worker_killed_or_frozen_holding_prefetched_mails_they_go_out_within_15s
     assert set(Delivery.objects.values_list("retries", flat=True)) == {0}
     what = {"SIGKILL": "SIGKILLed", "SIGSTOP": "frozen (SIGSTOP), later resumed,"}
     record(
-        scenario=f"21. worker {what[fault]} (its process group) holding "
+        scenario=f"21. worker's process group {what[fault]} holding "
         f"{PREFETCH_CONCURRENCY} mails mid-send and "
         f"{held - PREFETCH_CONCURRENCY} prefetched, {len(emails) - held} more "
         "queued, defaults",
