@@ -1,12 +1,14 @@
 from django.contrib import admin, messages
+from django.contrib.admin.models import DELETION, LogEntry
 from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
+from mailer import suppression
 from mailer.dispatch import BrokerUnreachable
-from mailer.models import Delivery
+from mailer.models import Delivery, Suppression, TrackingEvent
 from mailer.rerun import ResendInterrupted, resend_failed_deliveries
 from users.admin import UserAdmin
 from users.models import User
@@ -81,12 +83,90 @@ class DeliveryAdmin(admin.ModelAdmin):
             self.message_user(
                 request, f"Not resent ({reason}): {listed}.", messages.WARNING
             )
+        if report.suppressed:
+            listed = ", ".join(f"#{pk}" for pk in report.suppressed)
+            self.message_user(
+                request,
+                f"Not resent (the address is suppressed; lift it first): {listed}.",
+                messages.WARNING,
+            )
         if report.rerun:
             self.message_user(
                 request,
                 f"Resent {len(report.rerun)} failed mail(s).",
                 messages.SUCCESS,
             )
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    """The suppression list: search it, add an address by hand, lift one."""
+
+    list_display = ("address", "reason", "source", "short_evidence", "created_at")
+    list_filter = ("reason", "source", "created_at")
+    search_fields = ("address", "evidence")
+    date_hierarchy = "created_at"
+    fields = ("address", "reason", "source", "evidence", "created_at")
+    readonly_fields = ("source", "created_at")
+    actions = ["lift"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None:  # a listed address changes only by lifting it
+            return ("address", "reason", "source", "evidence", "created_at")
+        return self.readonly_fields
+
+    def get_changeform_initial_data(self, request):
+        return {"reason": Suppression.Reason.MANUAL}
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # lifting is the one way off the list, and it is logged
+
+    def save_model(self, request, obj, form, change) -> None:
+        obj.address = suppression.normalize_address(obj.address)
+        obj.source = Suppression.Source.ADMIN
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description="evidence")
+    def short_evidence(self, entry: Suppression) -> str:
+        return Truncator(entry.evidence).chars(80)
+
+    @admin.action(description="Lift selected suppressions", permissions=["change"])
+    def lift(self, request, queryset) -> None:
+        entries = list(queryset)
+        LogEntry.objects.log_actions(
+            user_id=request.user.pk,
+            queryset=entries,
+            action_flag=DELETION,
+            change_message="Lifted: mail goes to this address again.",
+        )
+        by = request.user.get_username()
+        lifted = sum(
+            suppression.lift(address=entry.address, by=by) for entry in entries
+        )
+        self.message_user(request, f"Lifted {lifted} suppression(s).", messages.SUCCESS)
+
+
+@admin.register(TrackingEvent)
+class TrackingEventAdmin(admin.ModelAdmin):
+    """Bounces and complaints the ESP reported, each stored once."""
+
+    list_display = (
+        "received_at",
+        "esp_name",
+        "event_type",
+        "reject_reason",
+        "recipient",
+        "delivery",
+    )
+    list_filter = ("esp_name", "event_type")
+    search_fields = ("recipient", "event_id")
+    list_select_related = ("delivery",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 class WelcomeMailFilter(admin.SimpleListFilter):

@@ -6,9 +6,12 @@ class MailerConfig(AppConfig):
     verbose_name = "Mailer"
 
     def ready(self) -> None:
+        from anymail.signals import tracking
+
         from mailer import (  # noqa: F401 - registers checks and signal receivers
             checks,
             connections,
+            esp,
             lifeline,
             receivers,
         )
@@ -28,4 +31,7 @@ class MailerConfig(AppConfig):
         activation_resend_requested.connect(
             receivers.queue_activation_email,
             dispatch_uid="mailer.queue_activation_email",
+        )
+        tracking.connect(
+            esp.record_tracking_event, dispatch_uid="mailer.esp.record_tracking_event"
         )

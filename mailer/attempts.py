@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from mailer import budget, claims, metrics, relay
+from mailer import budget, claims, esp, metrics, relay, suppression
 from mailer.pool import Connection, NoBudget, pool
-from mailer.smtp import ClaimLost, SendFailure, classify_smtp_error
+from mailer.smtp import ClaimLost, SendFailure
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,16 @@ class Failed:
     name = "failed"
 
 
-Outcome = Sent | Skipped | Parked | Throttled | RetryAfter | Failed
+@dataclass(frozen=True)
+class Suppressed:
+    """Not sent: the address is on the suppression list (mailer/suppression.py)."""
+
+    kind: str
+    name = "suppressed"
+    code = None
+
+
+Outcome = Sent | Skipped | Parked | Throttled | RetryAfter | Failed | Suppressed
 
 
 def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome:
@@ -127,13 +136,15 @@ def _claim_and_send(
         return _database_retry(error, retries)
     if delivery is None:
         return _counted(Skipped())
+    if suppression.withhold(delivery):
+        return _counted(Suppressed(delivery.kind))
     started = time.monotonic()
     try:
         claims.send_delivery(delivery, smtp=smtp)
     except ClaimLost:
         logger.warning("delivery %s: claim lost before DATA, not sent", delivery_id)
         return _counted(Skipped(delivery.kind))
-    except OSError as error:  # every smtplib error, timeouts, resets
+    except esp.SEND_ERRORS as error:  # every smtplib error, timeouts, resets, ESP
         others = _others_open(mine=smtp.holder is not None)
         outcome = _after_failure(delivery, task_id, error, others_open=others)
         return _counted(outcome, error=error, started=started)
@@ -154,7 +165,7 @@ def _refused_at_connect(
     a 5xx or bad credentials.
     """
     others = _others_open(mine=False)
-    failure = classify_smtp_error(error, others_open=others)
+    failure = esp.classify_send_error(error, others_open=others)
     if failure.throttled:
         outcome = _throttled(failure, others_open=others)
         return _counted(outcome, error=error, started=started)
@@ -187,9 +198,11 @@ def _counted(outcome: Outcome, *, error=None, started=None, latency=None) -> Out
     return outcome
 
 
-def _after_failure(delivery, task_id: str, error: OSError, *, others_open: int):
-    """Requeue, park, retry or fail a claimed row after SMTP said no."""
-    failure = classify_smtp_error(error, others_open=others_open)
+def _after_failure(
+    delivery, task_id: str, error: Exception, *, others_open: int
+) -> Outcome:
+    """Requeue, park, retry or fail a claimed row after SMTP (or an ESP) said no."""
+    failure = esp.classify_send_error(error, others_open=others_open)
     if failure.throttled:
         outcome = _throttled(failure, others_open=others_open, kind=delivery.kind)
         requeued = claims.requeue_throttled(
@@ -213,6 +226,8 @@ def _after_failure(delivery, task_id: str, error: OSError, *, others_open: int):
             reason=failure.reason,
         )
         return RetryAfter(countdown, failure.code, error, kind=delivery.kind)
+    if not failure.transient:
+        esp.suppress_after_failure(address=delivery.user.email, error=error)
     claims.mark_failed(
         delivery_id=delivery.pk,
         task_id=task_id,

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "mailer:relay:"
 SLOTS_KEY = PREFIX + "slots"
+OPEN_KEY = PREFIX + "open"  # the slots whose connection the relay greeted
 LIMITS_KEY = PREFIX + "limits"
 TAT_KEY = PREFIX + "tat"
 SENT_KEY = PREFIX + "sent"
@@ -71,23 +72,40 @@ end
 return {0, count, limit}
 """
 
-# KEYS: slots, limits. ARGV: ceiling, ttl_ms, holder... (held by the caller)
+# KEYS: slots, limits, open. ARGV: ceiling, ttl_ms, holder... (the caller's)
 # -> {connections open, allowed concurrency, learned rate or ''}
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-for i = 3, #ARGV do redis.call('ZADD', KEYS[1], now + ttl, ARGV[i]) end
-if #ARGV > 2 then redis.call('PEXPIRE', KEYS[1], ttl) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+  redis.call('ZADD', KEYS[3], 'XX', now + ttl, ARGV[i])
+end
+if #ARGV > 2 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ttl) end
+end
 local limit = tonumber(ARGV[1])
 local learned = tonumber(redis.call('HGET', KEYS[2], 'concurrency'))
 if learned and learned < limit then limit = learned end
 local rate = redis.call('HGET', KEYS[2], 'rate') or ''
-return {redis.call('ZCARD', KEYS[1]), limit, rate}
+return {redis.call('ZCARD', KEYS[3]), limit, rate}
 """
 
-# KEYS: slots. -> connections open now.
+# KEYS: slots, open. ARGV: holder, ttl_ms.
+_MARK_OPEN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: open. -> connections the relay greeted, open now.
 _COUNT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -277,7 +295,8 @@ def acquire_slot(*, holder: str) -> bool | None:
 
 def renew_slots(*, holders: list[str]) -> tuple[int, Limits] | None:
     """Renew the holds of `holders`; return connections open and the limits."""
-    reply = _run(_RENEW, [SLOTS_KEY, LIMITS_KEY], max_connections(), _ttl(), *holders)
+    keys = [SLOTS_KEY, LIMITS_KEY, OPEN_KEY]
+    reply = _run(_RENEW, keys, max_connections(), _ttl(), *holders)
     if reply is None:
         return None
     open_now, allowed, rate = reply
@@ -286,14 +305,28 @@ def renew_slots(*, holders: list[str]) -> tuple[int, Limits] | None:
     return int(open_now), limits
 
 
+def mark_open(*, holder: str) -> None:
+    """Count `holder`'s connection as open: the relay greeted it."""
+    _run(_MARK_OPEN, [SLOTS_KEY, OPEN_KEY], holder, _ttl())
+
+
 def release_slot(*, holder: str) -> None:
     """Give a connection's slot back (the connection is closed or going)."""
-    _call(lambda client: client.zrem(SLOTS_KEY, holder))
+
+    def release(client) -> None:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.zrem(SLOTS_KEY, holder).zrem(OPEN_KEY, holder).execute()
+
+    _call(release)
 
 
 def open_connections() -> int | None:
-    """Connections to the relay open now, across every worker; None if unknown."""
-    reply = _run(_COUNT, [SLOTS_KEY])
+    """Connections the relay greeted, open now across every worker; None if unknown.
+
+    Slots taken for connections still being opened do not count: a 421 to
+    several of ours at once is not "others still send".
+    """
+    reply = _run(_COUNT, [OPEN_KEY])
     return None if reply is None else int(reply)
 
 
@@ -363,7 +396,8 @@ def last_seen() -> tuple[int, int]:
 
 def forget() -> None:
     """Drop every shared budget key and this process's view of them (tests)."""
-    _call(lambda client: client.delete(SLOTS_KEY, LIMITS_KEY, TAT_KEY, SENT_KEY))
+    _call(lambda client: client.delete(SLOTS_KEY, OPEN_KEY, LIMITS_KEY, TAT_KEY))
+    _call(lambda client: client.delete(SENT_KEY))
     _call(lambda client: client.delete(THROTTLING_KEY))
     _state.reset()
     _seen.update(open_now=0, concurrency=0)

@@ -4,7 +4,7 @@ import logging
 
 from celery.signals import worker_init
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
 
 from mailer import budget
 
@@ -98,3 +98,24 @@ def refuse_to_start_with_errors(**kwargs) -> None:
         logger.critical("%s: %s HINT: %s", error.id, error.msg, error.hint)
     if errors:
         raise SystemExit(1)
+
+
+@register(Tags.security)
+def check_esp_webhooks_have_a_secret(app_configs, **kwargs) -> list[Warning]:
+    """An ESP backend without ANYMAIL_WEBHOOK_SECRET hears no bounce or complaint."""
+    from mailer.esp import uses_anymail
+
+    secret = getattr(settings, "ANYMAIL", {}).get("WEBHOOK_SECRET")
+    if uses_anymail(settings.EMAIL_BACKEND) and not secret:
+        return [
+            Warning(
+                f"EMAIL_BACKEND is an ESP ({settings.EMAIL_BACKEND}) but "
+                "ANYMAIL_WEBHOOK_SECRET is not set: the /anymail/ webhooks are "
+                "not served, so the ESP's bounces and complaints never reach "
+                "the suppression list.",
+                hint="Set ANYMAIL_WEBHOOK_SECRET=user:password and give the ESP "
+                "https://user:password@<host>/anymail/<esp>/tracking/.",
+                id="mailer.W001",
+            )
+        ]
+    return []

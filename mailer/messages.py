@@ -1,4 +1,7 @@
-"""The mail each kind of outbox row sends: fixed subject, text + HTML templates."""
+"""The mail each kind of outbox row sends: fixed subject, text + HTML templates.
+
+Each is written in the row's language.
+"""
 
 import smtplib
 
@@ -8,15 +11,17 @@ from django.core.mail import EmailMultiAlternatives
 from django.core.validators import validate_email
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import translation
+from django.utils.translation import gettext_lazy as _
 
 from mailer.models import Delivery
 
 # Fixed text: nothing a person typed ever reaches a header but their address,
 # and that only after validation below.
 SUBJECTS = {
-    Delivery.Kind.WELCOME: "Welcome! Please activate your account",
-    Delivery.Kind.ACCOUNT_EXISTS: "You already have an account",
-    Delivery.Kind.ACTIVATION: "Your new activation link",
+    Delivery.Kind.WELCOME: _("Welcome! Please activate your account"),
+    Delivery.Kind.ACCOUNT_EXISTS: _("You already have an account"),
+    Delivery.Kind.ACTIVATION: _("Your new activation link"),
 }
 
 
@@ -39,16 +44,23 @@ def build_message(delivery: Delivery) -> EmailMultiAlternatives:
     if delivery.kind != Delivery.Kind.ACCOUNT_EXISTS or _awaits_activation(user):
         context["activation_url"] = activation_url(user)
     template = f"mailer/{delivery.kind}"
+    # The worker serves no request: the row says which language to write in.
+    # str() now, inside it: a lazy subject would render when the mail is sent.
+    with translation.override(delivery.language):
+        subject = str(SUBJECTS[delivery.kind])
+        text = render_to_string(f"{template}.txt", context)
+        html = render_to_string(f"{template}.html", context)
     message = EmailMultiAlternatives(
-        subject=SUBJECTS[delivery.kind],
-        body=render_to_string(f"{template}.txt", context),
+        subject=subject,
+        body=text,
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=[address],
         headers={"Message-ID": delivery.message_id},
     )
-    message.attach_alternative(
-        render_to_string(f"{template}.html", context), "text/html"
-    )
+    message.attach_alternative(html, "text/html")
+    # anymail sends it to the ESP, whose bounce webhook brings it back
+    # (mailer/esp.py); Django's SMTP backend ignores the attribute.
+    message.metadata = {"delivery_id": str(delivery.pk)}
     return message
 
 

@@ -26,7 +26,16 @@ KINDS = frozenset({"welcome", "account_exists", "activation", "unknown"})
 # "deferred" / "parked": a mail held back while the relay is down (the
 # recovery work names it "parked"; both stay countable while it settles).
 OUTCOMES = frozenset(
-    {"sent", "retry", "failed", "skipped", "deferred", "parked", "throttled"}
+    {
+        "sent",
+        "retry",
+        "failed",
+        "skipped",
+        "deferred",
+        "parked",
+        "throttled",
+        "suppressed",
+    }
 )
 SMTP_CLASSES = frozenset({"2xx", "4xx", "5xx", "timeout", "connection"})
 RETRY_CAUSES = frozenset({"smtp", "database"})
@@ -36,6 +45,9 @@ RELAY_SOURCES = frozenset({"attempts", "breaker"})
 # many/too fast, another throttle reply, or our own budget had no turn free.
 THROTTLE_KINDS = frozenset({"connections", "rate", "reply", "budget"})
 OTHER = "other"
+# Suppression (mailer/suppression.py): what a bounce was, and who reported it.
+BOUNCE_REASONS = frozenset({"hard_bounce", "complaint"})
+BOUNCE_SOURCES = frozenset({"smtp", "esp_api", "webhook", "admin"})
 
 # Seconds: one SMTP exchange is milliseconds against a healthy relay and
 # EMAIL_TIMEOUT (10 s) at worst; a mail's latency spans retries (minutes).
@@ -88,6 +100,12 @@ RELAY_UP = Gauge(
     "judged it; absent until a process has tried.",
     ["source"],
     multiprocess_mode="livemin",
+)
+BOUNCES = Counter(
+    "mailer_bounces",
+    "Hard bounces and complaints seen, by reason and source (smtp, esp_api, "
+    "webhook), whether or not the address was already suppressed.",
+    ["reason", "source"],
 )
 
 RELAY_THROTTLES = Counter(
@@ -148,6 +166,13 @@ def record_attempt(
 def record_database_retry() -> None:
     """Count a send task rescheduled because the database failed its claim."""
     RETRIES.labels(cause="database").inc()
+
+
+def record_bounce(*, reason: str, source: str) -> None:
+    """Count a hard bounce or complaint (mailer.suppression.suppress)."""
+    BOUNCES.labels(
+        reason=_bounded(reason, BOUNCE_REASONS), source=_bounded(source, BOUNCE_SOURCES)
+    ).inc()
 
 
 def record_sweep(*, reclaimed: int, redispatched: int, not_published: int) -> None:

@@ -1,8 +1,10 @@
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
 from django_celery_results.models import TaskResult
 
 from mailer.results import UpsertTaskResultManager
+from users.languages import default_language, language_choices
 
 
 class Delivery(models.Model):
@@ -20,11 +22,17 @@ class Delivery(models.Model):
         SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
+        # Not sent: the address is on the suppression list (mailer/suppression.py).
+        SUPPRESSED = "suppressed", "Suppressed"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deliveries"
     )
     kind = models.CharField(max_length=20, choices=Kind.choices)
+    # The user's language when the row was written: the mail renders in it.
+    language = models.CharField(
+        max_length=15, choices=language_choices, default=default_language
+    )
     status = models.CharField(
         max_length=10, choices=Status.choices, default=Status.PENDING
     )
@@ -39,6 +47,8 @@ class Delivery(models.Model):
     message_id = models.CharField(max_length=255, blank=True)
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # Set by `resend_failed --include-suppressed`: send despite the list.
+    despite_suppression = models.BooleanField(default=False)
     # When a pending or sending row counts as left behind (the sweeper's cue),
     # on the database's clock. A worker renews it every heartbeat while it
     # holds the row's message or attempt (mailer/lifeline.py).
@@ -108,3 +118,72 @@ class TaskResultRecord(TaskResult):
 
     class Meta:
         proxy = True
+
+
+class Suppression(models.Model):
+    """An address no mail goes to: it bounced, complained, or an admin said so.
+
+    Keyed by the address, not the user: it outlives the account, so a person
+    who signs up again with a dead address is not mailed again.
+    """
+
+    class Reason(models.TextChoices):
+        HARD_BOUNCE = "hard_bounce", "Hard bounce"
+        COMPLAINT = "complaint", "Complaint"
+        MANUAL = "manual", "Manual"
+
+    class Source(models.TextChoices):
+        SMTP = "smtp", "SMTP reply"
+        # The ESP's API refused the recipient when the mail was handed over.
+        ESP_API = "esp_api", "ESP API"
+        WEBHOOK = "webhook", "ESP webhook event"
+        ADMIN = "admin", "Admin"
+
+    # Normalized as registration normalizes it; unique in any letter case.
+    address = models.EmailField(max_length=254)
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    source = models.CharField(max_length=20, choices=Source.choices)
+    # The SMTP code and text, or the ESP's name and event id.
+    evidence = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                Lower("address"), name="mailer_suppression_address_ci_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class TrackingEvent(models.Model):
+    """A bounce or complaint an ESP reported: stored once per event id."""
+
+    esp_name = models.CharField(max_length=50)
+    # The ESP's event id, or a digest of the event when the ESP sends none.
+    event_id = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=30)
+    reject_reason = models.CharField(max_length=30, blank=True)
+    recipient = models.EmailField(max_length=254, blank=True)
+    # The outbox row the mail came from, read from its anymail metadata.
+    delivery = models.ForeignKey(
+        Delivery,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="tracking_events",
+    )
+    description = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["esp_name", "event_id"], name="mailer_trackingevent_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.esp_name} {self.event_type} {self.event_id}"

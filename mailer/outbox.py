@@ -3,6 +3,7 @@
 import uuid
 from datetime import timedelta
 from email.utils import make_msgid
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.utils import timezone
@@ -10,37 +11,46 @@ from django.utils import timezone
 from mailer.leases import stale_after
 from mailer.models import Delivery
 
+if TYPE_CHECKING:
+    from users.models import User
 
-def create_welcome_delivery(*, user_id: int) -> Delivery:
-    """Write the outbox row owed to a new user; call inside their transaction."""
+
+def create_welcome_delivery(*, user: "User") -> Delivery:
+    """Write the outbox row owed to a new user; call inside their transaction.
+
+    The row keeps the user's language: the mail is written in it.
+    """
     return Delivery.objects.create(
-        user_id=user_id,
+        user=user,
         kind=Delivery.Kind.WELCOME,
+        language=user.language,
         task_id=str(uuid.uuid4()),
         message_id=make_msgid(idstring="welcome", domain=_sender_domain()),
         lease_expires_at=timezone.now() + stale_after(),
     )
 
 
-def create_repeatable_delivery(*, user_id: int, kind: str) -> Delivery | None:
+def create_repeatable_delivery(*, user: "User", kind: str) -> Delivery | None:
     """Write an outbox row of a kind a person can trigger again and again.
 
     None when the user got one of this kind within its interval
     (MAILER_NOTICE_INTERVAL, MAILER_ACTIVATION_RESEND_INTERVAL): a stranger
     repeating a registration or a resend cannot flood their inbox. Call
-    inside the transaction that holds the user's row lock.
+    inside the transaction that holds the user's row lock. The row keeps the
+    user's stored language, whoever triggered it.
     """
     interval = {
         Delivery.Kind.ACCOUNT_EXISTS: settings.MAILER_NOTICE_INTERVAL,
         Delivery.Kind.ACTIVATION: settings.MAILER_ACTIVATION_RESEND_INTERVAL,
     }[kind]
     since = timezone.now() - timedelta(seconds=interval)
-    recent = Delivery.objects.filter(user_id=user_id, kind=kind, created_at__gt=since)
+    recent = Delivery.objects.filter(user=user, kind=kind, created_at__gt=since)
     if recent.exists():
         return None
     return Delivery.objects.create(
-        user_id=user_id,
+        user=user,
         kind=kind,
+        language=user.language,
         task_id=str(uuid.uuid4()),
         message_id=make_msgid(idstring=kind, domain=_sender_domain()),
         lease_expires_at=timezone.now() + stale_after(),

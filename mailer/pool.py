@@ -140,7 +140,9 @@ class Pool:
                     with self.lock:
                         self.opening -= 1
             if holder is not None:
-                return self._lent(self._open(backend, holder))
+                conn = self._lent(self._open(backend, holder))
+                budget.mark_open(holder=holder)
+                return conn
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NoBudget("connections")

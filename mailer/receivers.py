@@ -11,19 +11,19 @@ from mailer.outbox import create_repeatable_delivery, create_welcome_delivery
 
 def queue_welcome_email(sender, *, user, **kwargs) -> None:
     """Write the welcome mail's outbox row; publish its task after commit."""
-    _dispatch_on_commit(create_welcome_delivery(user_id=user.pk))
+    _dispatch_on_commit(create_welcome_delivery(user=user))
 
 
 def queue_account_exists_notice(sender, *, user, **kwargs) -> None:
     """Write a "you already have an account" row unless one went out lately."""
     kind = Delivery.Kind.ACCOUNT_EXISTS
-    _dispatch_on_commit(create_repeatable_delivery(user_id=user.pk, kind=kind))
+    _dispatch_on_commit(create_repeatable_delivery(user=user, kind=kind))
 
 
 def queue_activation_email(sender, *, user, **kwargs) -> None:
     """Write a new-activation-link row unless one went out lately."""
     kind = Delivery.Kind.ACTIVATION
-    _dispatch_on_commit(create_repeatable_delivery(user_id=user.pk, kind=kind))
+    _dispatch_on_commit(create_repeatable_delivery(user=user, kind=kind))
 
 
 def _dispatch_on_commit(delivery: Delivery | None) -> None:

@@ -21,6 +21,7 @@ from mailer.dispatch import (
 from mailer.leases import stale_after
 from mailer.models import Delivery
 from mailer.selectors import failed_task_results
+from mailer.suppression import rows_of_suppressed_addresses
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class ResendReport:
     dry_run: bool
     rerun: list[FailedDelivery] = field(default_factory=list)
     skipped: dict[str, list[int]] = field(default_factory=dict)
+    # Failed rows left alone because their address is suppressed.
+    suppressed: list[int] = field(default_factory=list)
 
 
 class ResendInterrupted(BrokerUnreachable):
@@ -79,14 +82,17 @@ def resend_failed_deliveries(
     limit: int | None = None,
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    include_suppressed: bool = False,
 ) -> ResendReport:
     """Rerun failed rows: back to pending with a new task id, published in batches.
 
     Only failed rows are rerun; asked-for rows in another state are reported
     as skipped (a sent row is never resent). The broker is checked before any
     row changes; a batch whose publish fails goes back to failed, so no row is
-    left marked for a rerun that was never published. Raises
-    `UnknownDeliveries`, `BrokerUnreachable` or `ResendInterrupted`.
+    left marked for a rerun that was never published. Rows whose address is
+    suppressed are skipped and counted, unless `include_suppressed`: then
+    they are sent despite the list. Raises `UnknownDeliveries`,
+    `BrokerUnreachable` or `ResendInterrupted`.
     """
     report = ResendReport(dry_run=dry_run)
     failed = Delivery.objects.filter(status=Delivery.Status.FAILED)
@@ -95,6 +101,10 @@ def resend_failed_deliveries(
         failed = failed.filter(pk__in=ids)
     if since is not None:
         failed = failed.filter(updated_at__gte=since)
+    if not include_suppressed:
+        suppressed = rows_of_suppressed_addresses(failed)
+        report.suppressed = list(suppressed.order_by("pk").values_list("pk", flat=True))
+        failed = failed.exclude(pk__in=suppressed.values("pk"))
     candidates = _failed_deliveries(failed.order_by("pk")[:limit])
     if dry_run or not candidates:
         report.rerun = candidates
@@ -102,7 +112,7 @@ def resend_failed_deliveries(
     check_broker(timeout=BROKER_CHECK_TIMEOUT)
     for start in range(0, len(candidates), PUBLISH_BATCH_SIZE):
         batch = candidates[start : start + PUBLISH_BATCH_SIZE]
-        marked = _mark_for_rerun(batch)
+        marked = _mark_for_rerun(batch, despite_suppression=include_suppressed)
         try:
             publish_deliveries([row.job for row in marked])
         except Exception as error:  # noqa: BLE001 - any publish error: undo the batch
@@ -127,6 +137,7 @@ def _skipped_by_id(ids: list[int]) -> dict[str, list[int]]:
         Delivery.Status.SENT: "already sent",
         Delivery.Status.PENDING: "not failed: pending, a send is scheduled",
         Delivery.Status.SENDING: "not failed: being sent now",
+        Delivery.Status.SUPPRESSED: "not failed: withheld, the address is suppressed",
     }
     for pk, status in sorted(statuses.items()):
         if status != Delivery.Status.FAILED:
@@ -152,13 +163,16 @@ def _failed_deliveries(rows) -> list[FailedDelivery]:
 
 
 @transaction.atomic
-def _mark_for_rerun(batch: list[FailedDelivery]) -> list[RerunJob]:
+def _mark_for_rerun(
+    batch: list[FailedDelivery], *, despite_suppression: bool = False
+) -> list[RerunJob]:
     """Move still-failed rows back to pending with new task ids; return them.
 
     The batch's rows are locked first (SELECT ... FOR UPDATE; on SQLite the
     IMMEDIATE transaction holds the write lock), so a row a worker or another
     rerun changed since it was listed is left alone, and a batch costs a few
-    statements, not one per row.
+    statements, not one per row. `despite_suppression`: the operator chose
+    to send them even to suppressed addresses.
     """
     now = timezone.now()
     old_task_ids = {row.delivery_id: row.task_id for row in batch}
@@ -174,6 +188,7 @@ def _mark_for_rerun(batch: list[FailedDelivery]) -> list[RerunJob]:
     ]
     Delivery.objects.filter(pk__in=[row.pk for row in rows]).update(
         status=Delivery.Status.PENDING,
+        despite_suppression=despite_suppression,
         lease_expires_at=now + stale_after(),
         updated_at=now,
     )

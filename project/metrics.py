@@ -11,7 +11,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
@@ -27,7 +27,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from mailer import metrics as mailer_metrics  # noqa: F401 - defines the metrics
-from mailer.models import Delivery
+from mailer.models import Delivery, Suppression
 from mailer.selectors import oldest_undelivered_age
 from project.prometheus import multiproc_dir
 from users import metrics as users_metrics  # noqa: F401 - defines the metrics
@@ -48,6 +48,7 @@ class OutboxSnapshot:
 
     rows: dict[tuple[str, str], int]
     oldest_undelivered_seconds: float
+    suppressions: dict[str, int] = field(default_factory=dict)  # by reason
 
 
 @csrf_exempt  # read-only: answer other methods 405, not CSRF's 403
@@ -187,10 +188,17 @@ def _read_outbox() -> OutboxSnapshot:
         )
         rows = {(status, kind): n for status, kind, n in counted}
         return OutboxSnapshot(
-            rows=rows, oldest_undelivered_seconds=oldest_undelivered_age() or 0.0
+            rows=rows,
+            oldest_undelivered_seconds=oldest_undelivered_age() or 0.0,
+            suppressions=_count_suppressions(),
         )
     finally:
         connection.close()
+
+
+def _count_suppressions() -> dict[str, int]:
+    by_reason = Suppression.objects.order_by().values_list("reason")
+    return dict(by_reason.annotate(rows=Count("*")))
 
 
 def _outbox_families(snapshot: OutboxSnapshot) -> Iterator[GaugeMetricFamily]:
@@ -210,3 +218,11 @@ def _outbox_families(snapshot: OutboxSnapshot) -> Iterator[GaugeMetricFamily]:
     )
     oldest.add_metric([], snapshot.oldest_undelivered_seconds)
     yield oldest
+    suppressions = GaugeMetricFamily(
+        "mailer_suppressions",
+        "Addresses on the suppression list by reason, counted at scrape time.",
+        labels=["reason"],
+    )
+    for reason in Suppression.Reason.values:
+        suppressions.add_metric([reason], snapshot.suppressions.get(reason, 0))
+    yield suppressions

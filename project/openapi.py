@@ -41,12 +41,32 @@ def _accepted(example: str) -> dict:
     }
 
 
+# The languages the site ships (settings.LANGUAGES); tests/users holds the two
+# lists equal.
+LANGUAGES = ["en", "de", "es"]
+
+ACCEPT_LANGUAGE = {
+    "name": "Accept-Language",
+    "in": "header",
+    "required": False,
+    "description": (
+        "The language of the answer's messages and, for a registration "
+        "without `language`, of the account's mails. The `django_language` "
+        "cookie, when set, comes first. Only the languages of the `language` "
+        "field count; with none of them, English."
+    ),
+    "schema": {"type": "string"},
+    "example": "de-DE,de;q=0.9,en;q=0.8",
+}
+
+
 def _json_post(*, summary: str, description: str, body: str, accepted: str) -> dict:
     """A POST operation of the JSON API, with every answer it can give."""
     return {
         "summary": summary,
         "description": description,
         "operationId": summary.lower().replace(" ", "_"),
+        "parameters": [ACCEPT_LANGUAGE],
         "requestBody": {
             "required": True,
             "content": {
@@ -92,7 +112,11 @@ def build_document() -> dict:
                     summary="Register",
                     description=(
                         "Create an account and queue its welcome mail. The same "
-                        "202 for a new address and a taken one."
+                        "202 for a new address and a taken one. The mail is in "
+                        "`language`, else in the request's language "
+                        "(`django_language` cookie, then `Accept-Language`); a "
+                        "taken address gets its notice in the language stored "
+                        "with its account."
                     ),
                     body="Registration",
                     accepted="Check your inbox for a link to activate your account.",
@@ -178,6 +202,20 @@ def _schemas() -> dict:
             "properties": {
                 "email": {"type": "string", "format": "email", "maxLength": 254},
                 "password": {"type": "string", "minLength": 8, "maxLength": 128},
+                "language": {
+                    "description": (
+                        "Optional: the language of the account's mails, one of "
+                        f"{', '.join(LANGUAGES)}; a regional tag counts as its "
+                        "language (`de-DE` is `de`). Missing, null or empty: the "
+                        "request's language. Any other value (an unknown code, a "
+                        "number) falls back to English; it is never an error."
+                    ),
+                    "anyOf": [
+                        {"type": "string", "enum": LANGUAGES},
+                        {"description": "Anything else: English."},
+                    ],
+                    "examples": ["de"],
+                },
             },
         },
         "ActivationResend": {

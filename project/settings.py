@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_celery_results",
+    "anymail",
     "users",
     "mailer",
 ]
@@ -45,6 +46,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -144,7 +146,16 @@ REGISTRATION_MAX_BODY_BYTES = 16 * 1024
 
 # --- Internationalisation and static files ----------------------------------
 
-LANGUAGE_CODE = "en-us"
+# Pages follow the request's language (the django_language cookie, then
+# Accept-Language); mails follow the one stored on the user and the outbox row.
+# LANGUAGE_CODE is one of LANGUAGES: the fallback for anything else.
+LANGUAGE_CODE = "en"
+LANGUAGES = [
+    ("en", "English"),
+    ("de", "Deutsch"),
+    ("es", "Español"),
+]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -172,6 +183,22 @@ EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
 DEFAULT_FROM_EMAIL = env.str(
     "DEFAULT_FROM_EMAIL", default="Welcome <no-reply@example.com>"
 )
+
+# --- ESP (django-anymail) ---------------------------------------------------
+
+# EMAIL_BACKEND=anymail.backends.postmark.EmailBackend (or another anymail
+# backend) sends through an ESP's HTTP API instead of SMTP. Its bounce and
+# complaint webhooks are served under /anymail/ only when
+# ANYMAIL_WEBHOOK_SECRET (user:password, sent as basic auth) is set.
+ANYMAIL = {
+    "WEBHOOK_SECRET": env.str("ANYMAIL_WEBHOOK_SECRET", default="") or None,
+    # Like EMAIL_TIMEOUT for SMTP: well below the Redis visibility timeout.
+    "REQUESTS_TIMEOUT": EMAIL_TIMEOUT,
+    "POSTMARK_SERVER_TOKEN": env.str("POSTMARK_SERVER_TOKEN", default=""),
+    "POSTMARK_API_URL": env.str(
+        "POSTMARK_API_URL", default="https://api.postmarkapp.com/"
+    ),
+}
 
 # --- Mailer -----------------------------------------------------------------
 

@@ -21,13 +21,20 @@ class UserEditForm(UserChangeForm):
 class UserAdmin(BaseUserAdmin):
     add_form = UserCreationForm
     form = UserEditForm
-    list_display = ("email", "is_active", "activated_at", "date_joined", "is_staff")
-    list_filter = ("is_active", "is_staff", "is_superuser")
+    list_display = (
+        "email",
+        "is_active",
+        "activated_at",
+        "date_joined",
+        "language",
+        "is_staff",
+    )
+    list_filter = ("is_active", "language", "is_staff", "is_superuser")
     search_fields = ("email",)
     ordering = ("-date_joined",)
     readonly_fields = ("date_joined", "activated_at", "last_login")
     fieldsets = (
-        (None, {"fields": ("email", "password")}),
+        (None, {"fields": ("email", "password", "language")}),
         (
             "Status",
             {"fields": ("is_active", "activated_at", "date_joined", "last_login")},

@@ -1,12 +1,15 @@
 """The JSON API: registration and activation resend, answered at once (202)."""
 
 from django.http import HttpRequest, JsonResponse
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from users import ratelimit
 from users.forms import ActivationResendForm, RegistrationForm
 from users.json_body import json_error, read_json_form
+from users.languages import request_language
 from users.metrics import counts_registrations
 from users.ratelimit import RateLimited
 from users.services import (
@@ -16,18 +19,21 @@ from users.services import (
 )
 
 # One answer for a new address and a taken one: the response never tells
-# whether an account exists (docs/api.md, "Account enumeration").
+# whether an account exists (docs/api.md, "Account enumeration"). The detail
+# is in the request's language.
 ACCEPTED = {
     "status": "accepted",
-    "detail": "Check your inbox for a link to activate your account.",
+    "detail": _("Check your inbox for a link to activate your account."),
 }
 
 
 # The same for any address, with or without an account waiting for activation.
 RESEND_ACCEPTED = {
     "status": "accepted",
-    "detail": "If an account with this address awaits activation, "
-    "a new activation link is on its way.",
+    "detail": _(
+        "If an account with this address awaits activation, "
+        "a new activation link is on its way."
+    ),
 }
 
 
@@ -39,7 +45,11 @@ def api_register(request: HttpRequest) -> JsonResponse:
     if problem:
         return problem
     try:
-        register_user(**form.cleaned_data)
+        register_user(
+            email=form.cleaned_data["email"],
+            password=form.cleaned_data["password"],
+            language=form.cleaned_data["language"] or request_language(request),
+        )
     except EmailAlreadyRegistered:
         pass
     return JsonResponse(ACCEPTED, status=202)
@@ -69,7 +79,11 @@ def _limited_json_form(request: HttpRequest, form_class, *, scope: str):
 
 
 def _too_many_json(limited: RateLimited) -> JsonResponse:
-    message = f"Too many requests. Try again in {limited.retry_after} seconds."
+    message = ngettext(
+        "Too many requests. Try again in %(seconds)d second.",
+        "Too many requests. Try again in %(seconds)d seconds.",
+        limited.retry_after,
+    ) % {"seconds": limited.retry_after}
     response = JsonResponse(json_error("__all__", message), status=429)
     response["Retry-After"] = str(limited.retry_after)
     return response

@@ -2,8 +2,10 @@
 
 import json
 
+from django import forms
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
+from django.utils.translation import gettext as _
 
 
 def read_json_form(request: HttpRequest, form_class):
@@ -21,9 +23,11 @@ def read_json_form(request: HttpRequest, form_class):
 def read_json_object(
     request: HttpRequest, *, fields
 ) -> tuple[dict, JsonResponse | None]:
-    """Read a JSON object of string `fields`; or a 400 or 413 answer saying why.
+    """Read a JSON object for the form `fields`; or a 400 or 413 answer saying why.
 
-    The body is read up to REGISTRATION_MAX_BODY_BYTES and no further.
+    Text fields (CharField, EmailField) must be strings; others (the language)
+    clean any value themselves. The body is read up to
+    REGISTRATION_MAX_BODY_BYTES and no further.
     """
     limit = settings.REGISTRATION_MAX_BODY_BYTES
     try:
@@ -32,27 +36,34 @@ def read_json_object(
         declared = 0
     body = request.read(limit + 1) if declared <= limit else b""
     if declared > limit or len(body) > limit:
-        error = json_error("__all__", f"Request body is larger than {limit} bytes.")
+        message = _("Request body is larger than %(limit)d bytes.") % {"limit": limit}
+        error = json_error("__all__", message)
         return {}, JsonResponse(error, status=413)
     try:
         data = json.loads(body)
     # ValueError covers bad UTF-8 and integers past Python's digit limit;
     # RecursionError, arrays nested thousands deep.
     except (ValueError, RecursionError):
-        return {}, JsonResponse(json_error("__all__", "Malformed JSON."), status=400)
+        return {}, JsonResponse(json_error("__all__", _("Malformed JSON.")), status=400)
     if not isinstance(data, dict):
-        error = json_error("__all__", "Expected a JSON object.")
+        error = json_error("__all__", _("Expected a JSON object."))
         return {}, JsonResponse(error, status=400)
-    for field in fields:
+    for field in _text_fields(fields):
         value = data.get(field)
         if value is not None and not isinstance(value, str):
-            return {}, JsonResponse(json_error(field, "Must be a string."), status=400)
+            error = json_error(field, _("Must be a string."))
+            return {}, JsonResponse(error, status=400)
         if value is not None and not _is_encodable(value):
             # JSON may escape lone surrogates ("\ud800"), which no UTF-8 can hold.
-            return {}, JsonResponse(
-                json_error(field, "Must be valid Unicode."), status=400
-            )
+            error = json_error(field, _("Must be valid Unicode."))
+            return {}, JsonResponse(error, status=400)
     return data, None
+
+
+def _text_fields(fields) -> list[str]:
+    return [
+        name for name, field in fields.items() if isinstance(field, forms.CharField)
+    ]
 
 
 def _is_encodable(value: str) -> bool:

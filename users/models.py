@@ -4,6 +4,8 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from users.languages import default_language, language_choices
+
 
 class UserManager(BaseUserManager):
     use_in_migrations = True
@@ -34,6 +36,13 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
     activated_at = models.DateTimeField(null=True, blank=True)
+    # Every mail to this account is written in it (copied to each outbox row).
+    language = models.CharField(
+        max_length=15,
+        choices=language_choices,
+        default=default_language,
+        help_text="The language of the mails this account gets.",
+    )
 
     objects = UserManager()
 

@@ -4,6 +4,7 @@ from django.contrib.auth.hashers import make_password
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from users.languages import supported_language
 from users.models import User
 from users.signals import (
     activation_resend_requested,
@@ -17,8 +18,11 @@ class EmailAlreadyRegistered(Exception):
     """An account with this address exists, in some letter case."""
 
 
-def register_user(*, email: str, password: str) -> User:
+def register_user(*, email: str, password: str, language: str = "") -> User:
     """Create an inactive account and announce it with `user_registered`.
+
+    `language` (a LANGUAGES code; anything else means LANGUAGE_CODE) is the
+    language of the account's mails.
 
     When the address is taken in any letter case, announce that instead with
     `registration_repeated` (the owner gets a notice, not a second account)
@@ -26,20 +30,28 @@ def register_user(*, email: str, password: str) -> User:
     both answers take the same time.
     """
     email = User.objects.normalize_email(email)
-    user, created = _create_or_find_user(email=email, hashed=make_password(password))
+    user, created = _create_or_find_user(
+        email=email,
+        hashed=make_password(password),
+        language=supported_language(language),
+    )
     if not created:
         raise EmailAlreadyRegistered(email)
     return user
 
 
 @transaction.atomic
-def _create_or_find_user(*, email: str, hashed: str) -> tuple[User, bool]:
+def _create_or_find_user(
+    *, email: str, hashed: str, language: str
+) -> tuple[User, bool]:
     # The lock serializes repeated registrations of one address.
     existing = User.objects.select_for_update().filter(email__iexact=email).first()
     if existing is None:
         try:
             with transaction.atomic():
-                user = User.objects.create(email=email, password=hashed)
+                user = User.objects.create(
+                    email=email, password=hashed, language=language
+                )
         except IntegrityError:  # a concurrent registration won the race
             existing = User.objects.get(email__iexact=email)
         else:

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_http_methods
 
 from users import ratelimit
 from users.forms import ActivationResendForm, RegistrationForm
+from users.languages import request_language
 from users.metrics import counts_registrations
 from users.ratelimit import RateLimited
 from users.services import (
@@ -23,14 +24,19 @@ from users.tokens import InvalidToken, read_activation_token
 @require_http_methods(["GET", "POST"])
 def register(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
-        return render(request, "users/register.html", {"form": RegistrationForm()})
+        form = RegistrationForm(initial={"language": request_language(request)})
+        return render(request, "users/register.html", {"form": form})
     form, answer = _posted_form(
         request, RegistrationForm, template="users/register.html", scope="register"
     )
     if answer:
         return answer
     try:
-        register_user(**form.cleaned_data)
+        register_user(
+            email=form.cleaned_data["email"],
+            password=form.cleaned_data["password"],
+            language=form.cleaned_data["language"] or request_language(request),
+        )
     except EmailAlreadyRegistered:
         pass
     return redirect("users:register-done")

@@ -45,7 +45,7 @@ def processes():
 
 
 def send_one_mail_through(url: str, *, address: str, **transport_options) -> None:
-    delivery = create_welcome_delivery(user_id=UserFactory(email=address).pk)
+    delivery = create_welcome_delivery(user=UserFactory(email=address))
     with app.connection_for_write(
         url, transport=transport_for(url), transport_options=transport_options
     ) as conn:

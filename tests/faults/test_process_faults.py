@@ -146,14 +146,14 @@ def test_permanent_refusal_fails_at_once_and_resend_failed_delivers_once(
 ):
     smtp = fault_stack.start_smtp().handler
     email = "refused@example.com"
-    smtp.script.replies[email] = ["550 5.1.1 Mailbox unavailable"]
+    smtp.script.replies[email] = ["554 5.7.1 Relay access denied"]
     fault_stack.start_web()
     fault_stack.start_worker()
 
     assert fault_stack.register(email)[0] == 202
     row = wait_for_delivery(email=email, status="failed")
-    assert (row.smtp_code, row.attempts) == (550, 1)
-    assert "Mailbox unavailable" in row.last_error
+    assert (row.smtp_code, row.attempts) == (554, 1)
+    assert "Relay access denied" in row.last_error
     assert smtp.attempts[email] == 1
 
     rerun = subprocess.run(

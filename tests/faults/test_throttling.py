@@ -48,7 +48,7 @@ def queue_burst(stack, *, count: int, prefix: str) -> tuple[list[Delivery], date
     users = user_model.objects.bulk_create(
         user_model(email=f"{prefix}{n}@example.com", password="!") for n in range(count)
     )
-    deliveries = [create_welcome_delivery(user_id=user.pk) for user in users]
+    deliveries = [create_welcome_delivery(user=user) for user in users]
     queued_at = timezone.now()
     with current_app.connection_for_write(stack.redis.url) as connection:
         for delivery in deliveries:

@@ -71,9 +71,7 @@ def start_worker(broker, smtp_server, tmp_path):
 def queue_welcome_mails(broker, prefix: str, *, countdown: float = 0) -> list[Delivery]:
     """Create BATCH outbox rows and publish their tasks to `broker`."""
     deliveries = [
-        create_welcome_delivery(
-            user_id=UserFactory(email=f"{prefix}{n}@example.com").pk
-        )
+        create_welcome_delivery(user=UserFactory(email=f"{prefix}{n}@example.com"))
         for n in range(BATCH)
     ]
     with app.connection_for_write(broker.url) as connection:
@@ -182,7 +180,7 @@ def test_copies_of_one_send_racing_on_two_workers_send_one_mail(
 ):
     start_worker("alpha", concurrency=4)
     start_worker("bravo", concurrency=4)
-    delivery = create_welcome_delivery(user_id=UserFactory(email="race@example.com").pk)
+    delivery = create_welcome_delivery(user=UserFactory(email="race@example.com"))
     copies = [str(uuid.uuid4()) for _ in range(8)]
 
     with app.connection_for_write(broker.url) as connection:

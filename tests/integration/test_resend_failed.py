@@ -39,7 +39,7 @@ def resend_failed_in_a_process(*args: str, env: dict[str, str]):
 
 def register_and_fail(client, smtp, emails: list[str]) -> list[Delivery]:
     for email in emails:
-        smtp.script.replies[email] = ["550 5.1.1 Mailbox does not exist"]
+        smtp.script.replies[email] = ["554 5.7.1 Relay access denied"]
         register(client, email)
     return [wait_for_delivery(email=email, status="failed") for email in emails]
 
@@ -59,7 +59,7 @@ def test_a_rerun_delivers_each_failed_mail_once_and_a_second_run_finds_nothing(
     assert (
         "Rerun 3 failed deliveries (3 with a failed task result), skipped 0." in first
     )
-    assert "3 x 550 5.1.1 Mailbox does not exist" in first
+    assert "3 x 554 5.7.1 Relay access denied" in first
     assert second.startswith("Nothing to rerun: Rerun 0 failed deliveries")
     for email in emails:
         assert len(smtp.mails_to(email)) == 1

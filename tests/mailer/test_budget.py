@@ -21,12 +21,25 @@ def shared(redis_server, settings):
 
 def test_slots_stop_at_the_cap_and_a_released_slot_is_free_again(shared):
     granted = [budget.acquire_slot(holder=f"h{n}") for n in range(5)]
+    for n in range(3):
+        budget.mark_open(holder=f"h{n}")
 
     assert granted == [True, True, True, False, False]
     assert budget.open_connections() == 3
     budget.release_slot(holder="h1")
+    assert budget.open_connections() == 2
     assert budget.acquire_slot(holder="h9") is True
     assert budget.acquire_slot(holder="h10") is False
+
+
+def test_a_slot_whose_connection_is_still_opening_does_not_count_as_open(shared):
+    budget.acquire_slot(holder="greeted")
+    budget.mark_open(holder="greeted")
+    budget.acquire_slot(holder="connecting")
+
+    assert budget.open_connections() == 1
+    assert budget.acquire_slot(holder="third") is True
+    assert budget.acquire_slot(holder="fourth") is False  # the cap counts all three
 
 
 def test_a_dead_workers_slots_free_themselves_when_their_hold_runs_out(
@@ -35,19 +48,20 @@ def test_a_dead_workers_slots_free_themselves_when_their_hold_runs_out(
     monkeypatch.setattr(budget, "SLOT_TTL", 1.0)
     for n in range(3):
         assert budget.acquire_slot(holder=f"dead{n}")
-    budget.acquire_slot(holder="alive")  # full: refused
+        budget.mark_open(holder=f"dead{n}")
     assert budget.acquire_slot(holder="alive") is False
 
     time.sleep(1.2)  # nobody renewed them
 
+    assert budget.open_connections() == 0
     assert budget.acquire_slot(holder="alive") is True
-    assert budget.open_connections() == 1
 
 
 def test_renewed_slots_outlive_their_first_hold(shared, monkeypatch):
     monkeypatch.setattr(budget, "SLOT_TTL", 1.0)
     for n in range(3):
         budget.acquire_slot(holder=f"h{n}")
+        budget.mark_open(holder=f"h{n}")
 
     for _ in range(3):
         time.sleep(0.5)

@@ -37,7 +37,7 @@ def test_registering_twice_delivers_one_welcome_and_one_notice(client, smtp):
 
 
 def test_a_lost_welcome_is_replaced_by_a_resent_link_that_activates(client, smtp):
-    smtp.script.replies["lost@example.com"] = ["550 5.1.1 Mailbox full for now"]
+    smtp.script.replies["lost@example.com"] = ["552 5.2.2 Mailbox full for now"]
     register(client, "lost@example.com")
     wait_until(
         lambda: smtp.attempts["lost@example.com"] == 1, timeout=20, what="refusal"

@@ -27,7 +27,8 @@ class Command(BaseCommand):
     help = (
         "Rerun failed mails (welcome mails, account-exists notices, new "
         "activation links): every failed outbox row, or those chosen with "
-        "--id/--since/--limit. Sent rows are never resent."
+        "--id/--since/--limit. Sent rows are never resent, nor rows whose "
+        "address is suppressed unless --include-suppressed."
     )
 
     def add_arguments(self, parser):
@@ -52,8 +53,25 @@ class Command(BaseCommand):
             action="store_true",
             help="List what would be rerun and change nothing.",
         )
+        parser.add_argument(
+            "--include-suppressed",
+            action="store_true",
+            help="Also rerun failed rows whose address is on the suppression list, "
+            "and send them despite it (the address works again). The address stays "
+            "suppressed for later mail: lift it in the admin for that.",
+        )
 
-    def handle(self, *args, ids, since, limit, dry_run, verbosity, **options):
+    def handle(
+        self,
+        *args,
+        ids,
+        since,
+        limit,
+        dry_run,
+        include_suppressed,
+        verbosity,
+        **options,
+    ):
         if limit is not None and limit < 1:
             raise CommandError(f"--limit must be 1 or more, not {limit}.")
         progress = ProgressBar() if self.stdout.isatty() and not dry_run else None
@@ -64,6 +82,7 @@ class Command(BaseCommand):
                 limit=limit,
                 dry_run=dry_run,
                 progress=progress,
+                include_suppressed=include_suppressed,
             )
         except UnknownDeliveries as error:
             listed = ", ".join(map(str, error.ids))
@@ -91,6 +110,13 @@ class Command(BaseCommand):
                 self.stdout.write(
                     self.style.WARNING(f"Delivery {pk}: {reason}; not resending.")
                 )
+        if verbosity >= 2 or (verbosity >= 1 and len(report.suppressed) <= 10):
+            for pk in report.suppressed:
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"Delivery {pk}: the address is suppressed; not resending."
+                    )
+                )
         if (report.dry_run and verbosity >= 1) or verbosity >= 2:
             for row in report.rerun:
                 self.stdout.write(describe(row))
@@ -112,6 +138,11 @@ class Command(BaseCommand):
             + (f" ({why})" if why else "")
             + "."
         )
+        if report.suppressed:
+            line += (
+                f" Skipped {len(report.suppressed)} failed deliveries to suppressed "
+                "addresses (--include-suppressed sends them)."
+            )
         if report.dry_run:
             line = f"Dry run: {line} Nothing was changed."
         if not report.rerun and not report.dry_run:

@@ -1,0 +1,83 @@
+"""What the relay budget tells Prometheus: throttles by kind, limits, connections."""
+
+import smtplib
+
+import pytest
+from prometheus_client import REGISTRY
+
+from mailer import attempts, budget
+from mailer.pool import Pool, pool
+from tests.factories import DeliveryFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def shared(redis_server, settings, smtp, real_smtp):
+    settings.MAILER_RELAY_MAX_CONNECTIONS = "8"
+    settings.MAILER_RELAY_RATE = ""
+    budget.forget()
+    yield smtp
+    pool.close_all()
+    budget.forget()
+
+
+def test_a_refused_connection_counts_a_throttle_and_sets_the_learned_limit(
+    shared, settings
+):
+    shared.script.max_connections = 1
+    other = smtplib.SMTP("127.0.0.1", settings.EMAIL_PORT)
+    before = sample("mailer_relay_throttles_total", kind="connections")
+    throttled = sample("mailer_deliveries_total", kind="unknown", outcome="throttled")
+    try:
+        attempts.attempt_delivery(
+            delivery_id=DeliveryFactory().pk, task_id="t", retries=0
+        )
+    finally:
+        other.quit()
+
+    assert sample("mailer_relay_throttles_total", kind="connections") == before + 1
+    assert (
+        sample("mailer_deliveries_total", kind="unknown", outcome="throttled")
+        == throttled + 1
+    )
+    assert sample("mailer_relay_allowed_connections") == 1
+
+
+def test_the_reaper_reports_open_connections_and_the_limits_in_force(shared, settings):
+    settings.MAILER_RELAY_RATE = "14"
+    mine = Pool()
+    held = [mine.checkout(wait=1) for _ in range(2)]
+    try:
+        mine.reap()
+    finally:
+        for conn in held:
+            mine.checkin(conn)
+        mine.stop()
+
+    assert sample("mailer_relay_open_connections") == 2
+    assert sample("mailer_relay_allowed_connections") == 8
+    assert sample("mailer_relay_allowed_rate") == 14
+
+
+def test_a_budget_wait_is_counted_apart_from_the_relays_throttles(
+    shared, settings, monkeypatch
+):
+    settings.MAILER_RELAY_MAX_CONNECTIONS = "1"
+    monkeypatch.setattr(attempts, "BUDGET_WAIT", 0.1)
+    held = pool.checkout(wait=1)
+    before = sample("mailer_relay_throttles_total", kind="budget")
+    relay = sample("mailer_relay_throttles_total", kind="connections")
+    try:
+        attempts.attempt_delivery(
+            delivery_id=DeliveryFactory().pk, task_id="t", retries=0
+        )
+    finally:
+        pool.checkin(held)
+
+    assert sample("mailer_relay_throttles_total", kind="budget") == before + 1
+    assert sample("mailer_relay_throttles_total", kind="connections") == relay
