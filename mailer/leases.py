@@ -23,18 +23,29 @@ def lease() -> timedelta:
     return timedelta(seconds=settings.MAILER_LEASE)
 
 
-def renew_leases(*, delivery_ids: list[int], task_ids: list[str]) -> int:
+def renew_leases(*, waiting_ids: list[int], running: dict[str, int]) -> int:
     """Extend the leases of rows this worker holds: messages and attempts.
 
-    Pending rows by id (their messages are in this worker's hands); sending
-    rows only under this worker's task ids, so a stale copy of a message
-    never keeps another attempt's row alive.
+    Pending rows only for messages not started yet (`waiting_ids`): once
+    an attempt ran, a pending row waits for its retry's countdown or for
+    the relay, on a lease set for that, which a renewal would cut short (and
+    the rescue would then send it early). Sending rows only under the task
+    ids of the attempts this worker runs (`running`: task id to row id), so
+    a stale copy of a message never keeps another attempt's row alive.
     """
-    if not delivery_ids:
+    if not waiting_ids and not running:
         return 0
-    held = Delivery.objects.filter(pk__in=delivery_ids).filter(
-        models.Q(status=Delivery.Status.PENDING, waiting_for_relay=False)
-        | models.Q(status=Delivery.Status.SENDING, task_id__in=task_ids)
+    held = Delivery.objects.filter(
+        models.Q(
+            pk__in=waiting_ids,
+            status=Delivery.Status.PENDING,
+            waiting_for_relay=False,
+        )
+        | models.Q(
+            pk__in=list(running.values()),
+            status=Delivery.Status.SENDING,
+            task_id__in=list(running),
+        )
     )
     return held.update(lease_expires_at=Now() + lease())
 

@@ -9,8 +9,16 @@ Every MAILER_HEARTBEAT_INTERVAL seconds a thread in each worker process:
    go back to pending, and every due pending row is published again (the
    sweep, so recovery does not wait for beat);
 3. notices a broker that lost its data (restarted with no persistence, or
-   flushed): every pending row is made due, so step 2 publishes it again;
+   flushed): its epoch key changed or is missing, even at this process's
+   first beat; every pending row is made due, so step 2 publishes it again;
 4. while the relay is down, probes it when this process's turn comes.
+
+A message the worker receives (prefetched, not yet started) would keep the
+MAILER_STALE_AFTER lease its row was written with until the next beat, and
+a worker killed in between would leave it for the backstop. So each receipt
+wakes the lifeline, which renews what arrived since its last renewal in one
+UPDATE: a prefetch burst costs one query, steady receipts at most one every
+RECEIPT_GAP seconds.
 
 Leases are on the database's clock, so worker hosts may drift. The claim
 keeps a late original and a rescued copy from both sending, and the check
@@ -21,8 +29,9 @@ import logging
 import threading
 import time
 import uuid
+from typing import NamedTuple
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import task_received, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -39,30 +48,43 @@ LEASED_TASKS = frozenset({WELCOME_TASK, ACCOUNT_MAIL_TASK})
 EPOCH_KEY = "mailer:broker-epoch"
 BROKER_TIMEOUT = 1.0  # seconds; a frozen broker must not stall the renewals
 BACK_GUARD = 5  # seconds: other workers seeing the same outage's end do nothing
+RECEIPT_GATHER = 0.05  # seconds: the rest of a prefetch burst arrives meanwhile
+RECEIPT_GAP = 0.5  # seconds: the least time between two renewals of receipts
 # An outage of the database or the broker: logged in one line, tried next beat.
 OUTAGES = (DatabaseError, OSError, KombuError, RedisError)
 
 
-def held_deliveries(*, now: float) -> tuple[list[int], list[str]]:
-    """Delivery ids and task ids of the send tasks this process holds."""
+class Held(NamedTuple):
+    """The send tasks this process holds, by what their rows should be."""
+
+    waiting: list[int]  # rows of messages received and not started: pending
+    running: dict[str, int]  # task id to row of the attempts running: sending
+
+
+def held_deliveries(*, now: float) -> Held:
+    """The rows of the send tasks this process holds, waiting or running."""
     for _ in range(3):  # the sets change under other threads
         try:
-            requests = [*worker_state.reserved_requests, *worker_state.active_requests]
+            active = set(worker_state.active_requests)
+            requests = [*worker_state.reserved_requests, *active]
             break
         except RuntimeError:
             continue
     else:
-        return [], []
-    ids, task_ids = [], []
+        return Held([], {})
+    held = Held([], {})
     for request in requests:
         if request.task_name not in LEASED_TASKS or not request.args:
+            continue
+        delivery_id = int(request.args[0])
+        if request not in active:
+            held.waiting.append(delivery_id)
             continue
         started = request.time_start
         if started and now - started > settings.MAILER_SEND_TIME_LIMIT:
             continue
-        ids.append(int(request.args[0]))
-        task_ids.append(request.id)
-    return ids, task_ids
+        held.running[request.id] = delivery_id
+    return held
 
 
 class Lifeline(threading.Thread):
@@ -72,19 +94,58 @@ class Lifeline(threading.Thread):
         super().__init__(name="mailer-lifeline", daemon=True)
         self.app = app
         self.stopping = threading.Event()
+        self.wake = threading.Event()  # a receipt to renew, or stopping
+        self.receipts_lock = threading.Lock()
+        self.receipts: set[int] = set()
         self.epoch: bytes | None = None
         self.broker_was_down = False
         self.prober: threading.Thread | None = None
 
     def run(self) -> None:
         self.beat()  # at once: the broker's epoch is known before any fault
-        while not self.stopping.wait(settings.MAILER_HEARTBEAT_INTERVAL):
-            self.beat()
+        interval = settings.MAILER_HEARTBEAT_INTERVAL
+        next_beat = time.monotonic() + interval
+        renewed_at = -RECEIPT_GAP
+        while True:
+            self.wake.wait(max(0.0, next_beat - time.monotonic()))
+            if self.stopping.is_set():
+                break
+            if self.wake.is_set():
+                gap = renewed_at + RECEIPT_GAP - time.monotonic()
+                self.stopping.wait(max(RECEIPT_GATHER, gap))
+                self.wake.clear()
+                self.renew_receipts()
+                renewed_at = time.monotonic()
+            if time.monotonic() >= next_beat:
+                self.beat()
+                next_beat = time.monotonic() + interval
         connections.close_all()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
+        self.wake.set()
         self.join(timeout)
+
+    def note_receipt(self, delivery_id: int) -> None:
+        """Renew this row's lease soon: its message is in this worker's hands."""
+        with self.receipts_lock:
+            self.receipts.add(delivery_id)
+        self.wake.set()
+
+    def renew_receipts(self) -> None:
+        """Renew the rows of the messages received since the last time, at once.
+
+        On failure the next beat renews them with the rest of what is held.
+        """
+        with self.receipts_lock:
+            received, self.receipts = self.receipts, set()
+        # Only what still waits: an attempt that already ran set its own lease.
+        waiting = set(held_deliveries(now=time.time()).waiting) & received
+        try:
+            leases.renew_leases(waiting_ids=list(waiting), running={})
+        except OUTAGES as error:
+            logger.warning("lifeline: renew_receipts failed: %r", error)
+            connections.close_all()
 
     def beat(self) -> None:
         """One heartbeat; a step that fails is logged and tried next time."""
@@ -99,8 +160,8 @@ class Lifeline(threading.Thread):
                 connections.close_all()
 
     def renew(self) -> None:
-        ids, task_ids = held_deliveries(now=time.time())
-        leases.renew_leases(delivery_ids=ids, task_ids=task_ids)
+        held = held_deliveries(now=time.time())
+        leases.renew_leases(waiting_ids=held.waiting, running=held.running)
 
     def rescue(self) -> None:
         report = sweeper.sweep_stale_deliveries()
@@ -123,8 +184,8 @@ class Lifeline(threading.Thread):
         if lost:
             due = leases.make_pending_due()
             logger.warning(
-                "broker lost its data (restarted without persistence?): "
-                "%d pending mails made due for re-dispatch",
+                "broker lost its data (restarted without persistence?) or is "
+                "new: %d pending mails made due for re-dispatch",
                 due,
             )
         elif self.broker_was_down and self._first_back(epoch):
@@ -146,7 +207,7 @@ class Lifeline(threading.Thread):
             connection.release()
 
     def _read_epoch(self) -> tuple[bytes, bool]:
-        """The broker's epoch, and whether it changed since the last beat."""
+        """The broker's epoch, and whether the broker lost it since the last beat."""
         connection = self.app.connection_for_write(
             connect_timeout=BROKER_TIMEOUT,
             transport_options={
@@ -154,15 +215,21 @@ class Lifeline(threading.Thread):
                 "socket_connect_timeout": BROKER_TIMEOUT,
             },
         )
+        created = False
         try:
             client = connection.default_channel.client
             epoch = client.get(EPOCH_KEY)
             if epoch is None:
-                client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
+                created = bool(client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True))
                 epoch = client.get(EPOCH_KEY)
         finally:
             connection.release()
-        return epoch, self.epoch is not None and epoch != self.epoch
+        # Finding no epoch is a loss too: the lifelines that knew the old one
+        # may all be gone (a worker frozen through the restart and then dead,
+        # a deploy), and a process's first beat has nothing to compare. On a
+        # new Redis the pending rows' messages are published once more, and
+        # the claim turns every copy into a skip.
+        return epoch, created or (self.epoch is not None and epoch != self.epoch)
 
     def watch_relay(self) -> None:
         state = relay.refresh()
@@ -207,6 +274,23 @@ def start_lifeline(sender, **kwargs) -> None:
         return
     _lifeline = Lifeline(sender.app)
     _lifeline.start()
+
+
+@task_received.connect(dispatch_uid="mailer.lifeline.receipt")
+def renew_on_receipt(sender, request, **kwargs) -> None:
+    """Have the lifeline renew a send task's row as soon as its message arrives.
+
+    Runs in the consumer for every message: a set insert, no query. A
+    message with a countdown (a retry's backoff, a throttled mail's turn)
+    is left alone: its row's lease already runs past the countdown, and a
+    lease renewed to MAILER_LEASE now would lapse before the countdown
+    ends, and the rescue would send the mail early.
+    """
+    if _lifeline is None or request.task_name not in LEASED_TASKS or not request.args:
+        return
+    if request.eta:
+        return
+    _lifeline.note_receipt(int(request.args[0]))
 
 
 @worker_shutdown.connect(dispatch_uid="mailer.lifeline.stop")

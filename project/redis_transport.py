@@ -17,18 +17,24 @@ from kombu.transport import redis
 class SharedClientMixin:
     """Hand out one synchronous client per connection pool.
 
-    A channel closed after its connection failed (the consumer restoring its
-    unacknowledged messages while Redis restarts) has no connection info
-    left to build a pool from; kombu then raised AttributeError, which the
-    consumer's ignore_errors() lets through and the worker died of. Raising
-    a connection error instead lets the consumer reconnect; the messages stay
-    in Redis' unacked set, and the lifeline re-dispatches their rows.
+    A channel closed after its connection failed has no connection info
+    left to build a pool from: its transport connection lost its client
+    (the consumer restoring its unacknowledged messages while Redis
+    restarts), or the channel lost its transport connection altogether
+    (kombu's `close_channel`; a task that finished while the worker was
+    frozen through a Redis restart is acked on it once the worker resumes).
+    kombu then raised AttributeError, which the consumer's loop lets
+    through and the worker died of. A connection error instead is what
+    kombu expects: the ack is logged as failed, the consumer reconnects; the
+    messages stay in Redis' unacked set (or were lost with it), and the
+    lifeline re-dispatches their rows.
     """
 
     _shared_client = None
 
     def _create_client(self, asynchronous=False):
-        if self.connection.client is None:
+        connection = self.connection
+        if connection is None or connection.client is None:
             raise redis_py.ConnectionError("the channel's connection is closed")
         if asynchronous:  # the consumer loop's own BRPOP/SUBSCRIBE client
             return super()._create_client(asynchronous=True)

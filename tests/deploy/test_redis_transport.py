@@ -64,3 +64,18 @@ def test_a_channel_closed_after_its_broker_went_away_fails_as_a_connection_error
 
     with pytest.raises(tuple(connection.connection_errors)):
         channel._create_client()
+
+
+def test_an_ack_on_a_channel_its_transport_closed_fails_as_a_connection_error(
+    redis_server,
+):
+    # A task that finished while its worker was frozen through a Redis
+    # restart is acked once the worker resumes, on a channel kombu's
+    # close_channel() has detached from its transport: an AttributeError
+    # there was an "Unrecoverable error" that killed the worker.
+    connection = app.connection_for_write()
+    channel = connection.default_channel
+    connection.transport.close_channel(channel)
+
+    with pytest.raises(tuple(connection.connection_errors)):
+        channel.basic_ack("a-delivery-tag")

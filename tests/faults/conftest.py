@@ -7,6 +7,7 @@ when the test ends, whatever happened.
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.support import (
     free_port,
     register,
 )
+from tests.support.postfix import NO_LIMITS, AnvilLimits, PostfixRelay, Postgrey
 
 # Short, fast versions of the production timings, so a test sees several
 # retries and sweeps within seconds. Ratios between them are kept: the
@@ -58,6 +60,8 @@ class FaultStack:
     web: GunicornProcess | None = None
     http: HttpClient | None = None
     beat: BeatProcess | None = None
+    postfix: PostfixRelay | None = None
+    postgrey: Postgrey | None = None
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def start_smtp(self) -> SmtpServer:
@@ -70,6 +74,27 @@ class FaultStack:
         if self.silent is not None:
             self.silent.stop()
             self.silent = None
+
+    def start_postfix(
+        self, *, limits: AnvilLimits = NO_LIMITS, greylist_delay: int | None = None
+    ) -> SmtpServer:
+        """A real Postfix on the stack's SMTP port in front of a sink; return the sink.
+
+        With `greylist_delay`, postgrey greylists every new recipient for
+        that many seconds (Postfix asks it at RCPT TO).
+        """
+        self.smtp = SmtpServer(free_port()).start()
+        policy_port = None
+        if greylist_delay is not None:
+            self.postgrey = Postgrey(delay=greylist_delay).start()
+            policy_port = self.postgrey.port
+        self.postfix = PostfixRelay(
+            port=self.smtp_port,
+            sink_port=self.smtp.port,
+            limits=limits,
+            policy_port=policy_port,
+        ).start()
+        return self.smtp
 
     def start_silent_smtp(self, *, greeting: bytes = b"") -> SilentSmtpServer:
         self.silent = SilentSmtpServer(self.smtp_port, greeting=greeting).start()
@@ -92,6 +117,22 @@ class FaultStack:
         ).start()
         self.workers.append(worker)
         return worker
+
+    def start_procfile_workers(self, count: int = 2) -> list[WorkerProcess]:
+        """`count` workers as the Procfile runs them, started side by side."""
+        workers = [
+            WorkerProcess(
+                env=self.env,
+                name=f"procfile{len(self.workers) + n}",
+                log_path=self.log_dir / f"worker-procfile{len(self.workers) + n}.log",
+                **WorkerProcess.PROCFILE,
+            )
+            for n in range(count)
+        ]
+        self.workers.extend(workers)
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda worker: worker.start(timeout=60), workers))
+        return workers
 
     def start_beat(self) -> BeatProcess:
         self.beat = BeatProcess(env=self.env, log_path=self.log_dir / "beat.log")
@@ -130,6 +171,10 @@ class FaultStack:
             self.beat.cleanup()
         if self.web is not None:
             self.web.stop()
+        if self.postfix is not None:
+            self.postfix.cleanup()
+        if self.postgrey is not None:
+            self.postgrey.cleanup()
         self.stop_smtp()
         self.redis.cleanup()
 
@@ -182,7 +227,11 @@ def fault_matrix():
 
 @pytest.fixture
 def record(fault_matrix, request):
-    """Record one scenario's outcome for docs/RELIABILITY.md."""
+    """Record one scenario's outcome for docs/RELIABILITY.md.
+
+    `recovery`: seconds from the fault's end to the last held-up mail;
+    `measured`: what a fault with no end (a relay's pace) was measured at.
+    """
 
     def record(
         *,
@@ -192,6 +241,7 @@ def record(fault_matrix, request):
         arrived: int,
         duplicates: int,
         recovery: float | None = None,
+        measured: str | None = None,
     ) -> None:
         fault_matrix.append(
             {
@@ -202,6 +252,7 @@ def record(fault_matrix, request):
                 "arrived": arrived,
                 "duplicates": duplicates,
                 "recovery": recovery,
+                "measured": measured,
             }
         )
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from mailer.lifeline import EPOCH_KEY
 from mailer.models import Delivery
 from tests.support import wait_for_delivery, wait_until
 
@@ -68,6 +69,70 @@ def test_worker_killed_mid_send_its_mails_go_out_within_15s_of_a_new_worker(
         expected=3,
         arrived=sum(copies(smtp, emails)),
         duplicates=sum(copies(smtp, emails)) - 3,
+        recovery=took,
+    )
+
+
+PREFETCH_CONCURRENCY = 4
+PREFETCH_MULTIPLIER = 2  # the Procfile's
+
+
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_worker_killed_or_frozen_holding_prefetched_mails_they_go_out_within_15s(
+    default_stack, record, fault
+):
+    smtp = default_stack.start_smtp().handler
+    smtp.script.rcpt_delay = 60  # the first attempts hang: the rest wait prefetched
+    default_stack.start_web()
+    doomed = default_stack.start_worker(
+        concurrency=PREFETCH_CONCURRENCY,
+        prefetch_multiplier=PREFETCH_MULTIPLIER,
+        new_session=True,
+    )
+    held = PREFETCH_CONCURRENCY * PREFETCH_MULTIPLIER
+    emails = [f"prefetched{n}@example.com" for n in range(3 * PREFETCH_CONCURRENCY)]
+    register_all(default_stack, emails)
+    broker = default_stack.redis.client()
+    wait_until(
+        lambda: (
+            smtp.rcpt_seen >= PREFETCH_CONCURRENCY and broker.hlen("unacked") == held
+        ),
+        timeout=20,
+        what=f"{PREFETCH_CONCURRENCY} sends at RCPT and {held} messages taken",
+    )
+    time.sleep(0.5)  # well within one heartbeat of the receipts
+
+    group = doomed.process.pid
+    os.killpg(group, getattr(signal, fault))
+    faulted_at = time.monotonic()
+    smtp.script.rcpt_delay = 0
+    try:
+        default_stack.start_worker("replacement")
+        ready_at = time.monotonic()
+        for email in emails:
+            wait_for_delivery(email=email, status="sent", timeout=40)
+        took = recovery(smtp, emails, fault_ended=ready_at)
+    finally:
+        if fault == "SIGSTOP":
+            os.killpg(group, signal.SIGCONT)
+    if fault == "SIGSTOP":
+        time.sleep(6)  # the resumed worker finds its claims gone and sends nothing
+
+    assert copies(smtp, emails) == [1] * len(emails)
+    assert took <= 15, f"mails arrived {took:.1f} s after the new worker was ready"
+    assert set(Delivery.objects.values_list("retries", flat=True)) == {0}
+    what = {"SIGKILL": "SIGKILLed", "SIGSTOP": "frozen (SIGSTOP), later resumed,"}
+    record(
+        scenario=f"21. worker's process group {what[fault]} holding "
+        f"{PREFETCH_CONCURRENCY} mails mid-send and "
+        f"{held - PREFETCH_CONCURRENCY} prefetched, {len(emails) - held} more "
+        "queued, defaults",
+        happened=f"each receipt had renewed its row's lease to MAILER_LEASE; the "
+        f"new worker's lifeline took the {held} rows back; all sent {took:.1f} s "
+        f"after it was ready ({ready_at - faulted_at:.1f} s after the fault)",
+        expected=len(emails),
+        arrived=sum(copies(smtp, emails)),
+        duplicates=sum(copies(smtp, emails)) - len(emails),
         recovery=took,
     )
 
@@ -169,6 +234,85 @@ def test_redis_restart_that_loses_the_queue_is_noticed_within_seconds(
         expected=6,
         arrived=sum(copies(smtp, emails)),
         duplicates=sum(copies(smtp, emails)) - 6,
+        recovery=took,
+    )
+
+
+def test_worker_frozen_while_redis_restarts_empty_lives_on_and_its_mails_go_out(
+    default_stack, record
+):
+    smtp = default_stack.start_smtp().handler
+    smtp.script.rcpt_delay = 3  # the worker holds attempts and prefetched messages
+    default_stack.start_web()
+    frozen = default_stack.start_worker(concurrency=2, prefetch_multiplier=2)
+    emails = [f"restarted{n}@example.com" for n in range(8)]
+    register_all(default_stack, emails)
+    wait_until(lambda: smtp.rcpt_seen >= 2, timeout=20, what="two sends at RCPT")
+
+    os.kill(frozen.process.pid, signal.SIGSTOP)
+    try:
+        default_stack.redis.stop()
+        default_stack.redis.start()  # no persistence: queued and unacked are gone
+        time.sleep(5)
+    finally:
+        os.kill(frozen.process.pid, signal.SIGCONT)
+    resumed_at = time.monotonic()
+    smtp.script.rcpt_delay = 0
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=40)
+    time.sleep(3)  # a consumer that dies of the restart does so at once
+
+    took = recovery(smtp, emails, fault_ended=resumed_at)
+    log = frozen.log()
+    assert frozen.process.poll() is None, f"the worker exited:\n{log[-3000:]}"
+    assert "Unrecoverable error" not in log
+    assert copies(smtp, emails) == [1] * len(emails)
+    assert took <= 15, f"mails arrived {took:.1f} s after the worker was resumed"
+    record(
+        scenario="22. worker frozen (SIGSTOP) while Redis restarted without "
+        "persistence, then resumed, defaults",
+        happened=f"the resumed worker reconnected and lived on; its lifeline saw "
+        f"the broker's epoch change and re-dispatched the lost messages; all "
+        f"sent {took:.1f} s after it was resumed",
+        expected=len(emails),
+        arrived=sum(copies(smtp, emails)),
+        duplicates=sum(copies(smtp, emails)) - len(emails),
+        recovery=took,
+    )
+
+
+def test_redis_emptied_while_no_worker_ran_is_noticed_by_the_next_workers_lifeline(
+    default_stack, record
+):
+    smtp = default_stack.start_smtp().handler
+    default_stack.start_web()
+    default_stack.start_worker()
+    broker = default_stack.redis.client()
+    wait_until(lambda: broker.get(EPOCH_KEY), timeout=10, what="the broker's epoch")
+    default_stack.workers[0].stop()  # a deploy: no lifeline watches for a while
+    emails = [f"unwatched{n}@example.com" for n in range(5)]
+    register_all(default_stack, emails)
+    assert broker.llen("celery") == 5
+
+    default_stack.redis.stop()
+    default_stack.redis.start()  # no persistence: the five messages are gone
+    default_stack.start_worker("next")
+    ready_at = time.monotonic()
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=40)
+
+    took = recovery(smtp, emails, fault_ended=ready_at)
+    assert copies(smtp, emails) == [1] * 5
+    assert took <= 15, f"mails arrived {took:.1f} s after the next worker was ready"
+    record(
+        scenario="23. Redis restarted without persistence while no worker ran "
+        "(a deploy), 5 mails queued, defaults",
+        happened="the next worker's first lifeline beat found no epoch in the "
+        f"broker and made the pending rows due; sent {took:.1f} s after it was "
+        "ready, not after the MAILER_STALE_AFTER backstop",
+        expected=5,
+        arrived=sum(copies(smtp, emails)),
+        duplicates=sum(copies(smtp, emails)) - 5,
         recovery=took,
     )
 

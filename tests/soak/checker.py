@@ -8,9 +8,12 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from tests.soak.faults import AppliedFault, FaultKind
+from tests.soak.faults import THROTTLE_KINDS, AppliedFault, FaultKind
 from tests.soak.load import Registration
-from tests.soak.relay import Accepted
+from tests.soak.relay import THROTTLE_RATE, Accepted
+
+# No mail's commit-to-250 may exceed the longest fault it lived through plus this.
+LATENESS_ALLOWANCE = 30.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,41 @@ class Recovery:
     overlapping: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Late:
+    """A mail whose commit-to-250 exceeded the longest fault it lived through + 30 s."""
+
+    email: str
+    seconds: float  # its commit to its first 250
+    bound: float
+    faults: list[int]  # the faults it lived through
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What the relay accepted while it throttled, against what it allowed."""
+
+    fault: AppliedFault
+    seconds: float
+    accepted: int  # 250s while the fault held
+    offered: int  # registrations answered while the fault held
+    allowed: float | None  # mails a second; None: a connection cap, no rate
+
+    @property
+    def achieved(self) -> float:
+        return self.accepted / self.seconds if self.seconds else 0.0
+
+    @property
+    def offered_rate(self) -> float:
+        return self.offered / self.seconds if self.seconds else 0.0
+
+    @property
+    def share(self) -> float | None:
+        """Achieved over what could be sent: the allowed rate, or the load."""
+        ceiling = self.offered_rate if self.allowed is None else self.allowed
+        return self.achieved / ceiling if ceiling else None
+
+
 @dataclass
 class Verdict:
     answers: dict[str, int]
@@ -66,6 +104,9 @@ class Verdict:
     unexpected: list[str]
     latency: dict[str, float | None]
     recoveries: list[Recovery]
+    late: list[Late] = field(default_factory=list)
+    paces: list[Pace] = field(default_factory=list)
+    exits: list[str] = field(default_factory=list)  # processes that died alone
 
     @property
     def exactly_once(self) -> int:
@@ -75,7 +116,9 @@ class Verdict:
     @property
     def ok(self) -> bool:
         outside = [d for d in self.duplicates if not d.in_window]
-        return not (self.missing or outside or self.unexpected)
+        return not (
+            self.missing or outside or self.unexpected or self.late or self.exits
+        )
 
 
 def check(
@@ -84,13 +127,19 @@ def check(
     rows: list[WelcomeRow],
     accepted: list[Accepted],
     faults: list[AppliedFault],
+    exits: list[str] = (),
 ) -> Verdict:
-    """Compare the relay's record with the registrations and the database."""
+    """Compare the relay's record with the registrations and the database.
+
+    `exits`: the processes that exited when no fault asked them to; any
+    fails the run.
+    """
     rows_by_email = {row.email.lower(): row for row in rows}
     answered = {r.email.lower(): r for r in registrations if r.status == 202}
     # A user row counts even without a 202 (the commit landed, the answer not).
     registered = set(answered) | set(rows_by_email)
     copies = _copies_by_recipient(accepted)
+    committed = _commit_times(registered, answered, rows_by_email)
     return Verdict(
         answers=_answers(registrations),
         registered=len(registered),
@@ -99,9 +148,10 @@ def check(
         duplicates=_duplicates(copies, faults),
         unexpected=_unexpected(registered, copies, rows_by_email),
         latency=_latency(answered, copies),
-        recoveries=recoveries(
-            _commit_times(registered, answered, rows_by_email), copies, faults
-        ),
+        recoveries=recoveries(committed, copies, faults),
+        late=late_mails(committed, copies, faults),
+        paces=paces(registrations, accepted, faults),
+        exits=list(exits),
     )
 
 
@@ -285,6 +335,61 @@ def recoveries(
     ]
 
 
+def late_mails(
+    committed: dict[str, float],
+    copies: dict[str, list[Accepted]],
+    faults: list[AppliedFault],
+) -> list[Late]:
+    """Mails whose commit-to-250 exceeds the longest fault they lived through + 30 s.
+
+    A mail lived through a fault that held at any moment between its commit
+    and its first 250; with none, its bound is LATENESS_ALLOWANCE alone.
+    """
+    ended = [f for f in faults if f.started is not None and f.ended is not None]
+    late = []
+    for email, commit in sorted(committed.items()):
+        if email not in copies:
+            continue  # missing: counted there
+        first = copies[email][0].at
+        lived = [f for f in ended if f.started < first and f.ended > commit]
+        longest = max((f.ended - f.started for f in lived), default=0.0)
+        bound = longest + LATENESS_ALLOWANCE
+        if first - commit > bound:
+            late.append(Late(email, first - commit, bound, [f.number for f in lived]))
+    return late
+
+
+def paces(
+    registrations: list[Registration],
+    accepted: list[Accepted],
+    faults: list[AppliedFault],
+) -> list[Pace]:
+    """For each throttling fault: 250s a second while it held, and what it allowed."""
+    result = []
+    for fault in faults:
+        if fault.kind not in THROTTLE_KINDS or None in (fault.started, fault.ended):
+            continue
+        start, end = fault.started, fault.ended
+        result.append(
+            Pace(
+                fault=fault,
+                seconds=end - start,
+                accepted=sum(1 for mail in accepted if start <= mail.at <= end),
+                offered=sum(
+                    1
+                    for r in registrations
+                    if r.status == 202 and start <= r.answered_at <= end
+                ),
+                allowed=(
+                    float(THROTTLE_RATE)
+                    if fault.kind is FaultKind.RELAY_THROTTLE
+                    else None
+                ),
+            )
+        )
+    return result
+
+
 TARGETS = {
     FaultKind.WORKER_KILL: "<= 15 s",
     FaultKind.WORKER_FREEZE: "<= 30 s from the freeze, by another worker",
@@ -292,9 +397,15 @@ TARGETS = {
     FaultKind.REDIS_RESTART: "<= 10 s after Redis answers",
     FaultKind.REDIS_RESTART_EMPTY: "<= 10 s after Redis answers",
     **dict.fromkeys(
-        [k for k in FaultKind if k.value.startswith("relay-")],
+        [
+            k
+            for k in FaultKind
+            if k.value.startswith("relay-") and k not in THROTTLE_KINDS
+        ],
         "<= 15 s after the relay answers",
     ),
+    FaultKind.RELAY_CONNECTION_CAP: "the load's pace held (see Throttling)",
+    FaultKind.RELAY_THROTTLE: ">= 80% of the allowed rate (see Throttling)",
 }
 
 

@@ -38,6 +38,8 @@ class FaultKind(StrEnum):
     RELAY_STALL_SILENT = "relay-stall-silent"
     RELAY_STALL_SLOW = "relay-stall-slow"
     RELAY_DROP = "relay-drop-after-data"
+    RELAY_CONNECTION_CAP = "relay-connection-cap"
+    RELAY_THROTTLE = "relay-throttle-454"
     POSTGRES_KILL = "postgres-kill-backends"
 
 
@@ -49,7 +51,11 @@ RELAY_MODES = {
     FaultKind.RELAY_STALL_SILENT: RelayMode.STALL_SILENT,
     FaultKind.RELAY_STALL_SLOW: RelayMode.STALL_SLOW,
     FaultKind.RELAY_DROP: RelayMode.DROP_AFTER_DATA,
+    FaultKind.RELAY_CONNECTION_CAP: RelayMode.CAP_CONNECTIONS,
+    FaultKind.RELAY_THROTTLE: RelayMode.THROTTLE_RATE,
 }
+# A relay that throttles sets the pace; it is not down.
+THROTTLE_KINDS = {FaultKind.RELAY_CONNECTION_CAP, FaultKind.RELAY_THROTTLE}
 
 # Seconds each kind holds: how long a part stays broken, or for a kill, how
 # long until the supervisor starts the replacement.

@@ -1,4 +1,5 @@
-"""A scriptable SMTP relay in the soak process: accept, refuse, defer, stall, drop.
+"""A scriptable SMTP relay in the soak process: accept, refuse, defer, stall, drop,
+cap connections, throttle.
 
 It records, for every mail it answers 250 to, the Message-ID, the recipient,
 the time of the 250, and which worker process sent it (found from the
@@ -17,9 +18,8 @@ from email.parser import BytesHeaderParser
 from enum import StrEnum
 from pathlib import Path
 
-from aiosmtpd.controller import Controller
-
 from tests.support import SilentSmtpServer
+from tests.support.smtp import ScriptedController
 
 
 class RelayMode(StrEnum):
@@ -30,6 +30,17 @@ class RelayMode(StrEnum):
     STALL_SILENT = "stall-silent"  # TCP accepted, never a greeting
     STALL_SLOW = "stall-slow"  # RCPT TO answered only when the stall ends
     DROP_AFTER_DATA = "drop-after-data"  # the data read, the connection cut
+    # Throttling, not an outage: Postfix's anvil over CONNECTION_CAP sessions
+    # (421 at the greeting), Amazon SES over THROTTLE_RATE mails a second (454
+    # at MAIL FROM, in fixed one-second windows).
+    CAP_CONNECTIONS = "cap-connections"
+    THROTTLE_RATE = "throttle-rate"
+
+
+CONNECTION_CAP = 4  # open sessions; below the two workers' 32 threads
+THROTTLE_RATE = 5  # mails a second; below the soak's load of 20 a second
+TOO_MANY_CONNECTIONS = "421 4.7.0 relay Error: too many connections from 127.0.0.1"
+THROTTLING_FAILURE = "454 4.7.0 Throttling failure: Maximum sending rate exceeded."
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,39 @@ class RelayHandler:
         self.lock = threading.Lock()
         self.accepted: list[Accepted] = []
         self.counts: Counter[str] = Counter()
+        self.sessions_open = 0
+        self.window_started = 0.0
+        self.window_mails = 0
+
+    def session_opened(self) -> str:
+        """Count a new session; the greeting that refuses it, or "" to serve it."""
+        with self.lock:
+            self.sessions_open += 1
+            if (
+                self.mode is RelayMode.CAP_CONNECTIONS
+                and self.sessions_open > CONNECTION_CAP
+            ):
+                self.counts["refused over the connection cap"] += 1
+                return TOO_MANY_CONNECTIONS
+            return ""
+
+    def session_closed(self) -> None:
+        with self.lock:
+            self.sessions_open -= 1
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.mode is RelayMode.THROTTLE_RATE:
+            with self.lock:
+                now = time.monotonic()
+                if now - self.window_started >= 1.0:
+                    self.window_started, self.window_mails = now, 0
+                if self.window_mails >= THROTTLE_RATE:
+                    self.counts["throttled 454"] += 1
+                    return THROTTLING_FAILURE
+                self.window_mails += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         while self.mode is RelayMode.STALL_SLOW:
@@ -105,7 +149,7 @@ class ScriptableRelay:
         self.handler = RelayHandler(sender_pids, port)
         self.mode = RelayMode.ACCEPT
         self.lock = threading.Lock()
-        self.controller: Controller | None = None
+        self.controller: ScriptedController | None = None
         self.silent: SilentSmtpServer | None = None
 
     def start(self) -> "ScriptableRelay":
@@ -138,7 +182,7 @@ class ScriptableRelay:
         listener = _listener(mode)
         if listener == "smtp":
             # A new controller each time: a stopped one has closed its loop.
-            self.controller = Controller(
+            self.controller = ScriptedController(
                 self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=30
             )
             self.controller.start()

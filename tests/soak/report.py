@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.soak.checker import Verdict, by_kind
+from tests.soak.checker import LATENESS_ALLOWANCE, Verdict, by_kind
 from tests.soak.config import SoakConfig
 from tests.soak.faults import AppliedFault, UnexpectedExit
+from tests.soak.relay import CONNECTION_CAP, THROTTLE_RATE
 from tests.support import ROOT
 
 
@@ -78,6 +79,24 @@ def render(facts: RunFacts, verdict: Verdict, faults: list[AppliedFault]) -> str
         "",
         *_kind_table(verdict),
         "",
+        "### Throttling: the pace held",
+        "",
+        f"While the relay capped connections at {CONNECTION_CAP} (421 at the",
+        f"greeting above it) or took at most {THROTTLE_RATE} mails a second (454",
+        "Throttling failure at MAIL FROM above it): the relay's 250s a second,",
+        "against the allowed rate, or for a cap against the load that arrived",
+        "meanwhile (the backlog from earlier faults may add to it).",
+        "",
+        *_pace_table(verdict),
+        "",
+        "### Commit to 250 against the faults each mail lived through",
+        "",
+        "No mail's commit-to-250 may exceed the longest fault that held at any",
+        f"moment of it plus {LATENESS_ALLOWANCE:.0f} s; any that does fails the",
+        "run.",
+        "",
+        *_late(verdict),
+        "",
         "### Duplicates",
         "",
         "Counted by Message-ID. A duplicate is in the documented window when,",
@@ -107,8 +126,9 @@ def _summary(facts: RunFacts, verdict: Verdict) -> list[str]:
         f"{verdict.delivered} got their welcome mail, {len(verdict.missing)} "
         f"missing, {len(verdict.duplicates)} duplicated "
         f"({len(outside)} outside the documented window), "
-        f"{len(verdict.unexpected)} unexpected mails; "
-        f"{len(facts.exits)} process(es) exited on their own.",
+        f"{len(verdict.unexpected)} unexpected mails, {len(verdict.late)} later "
+        f"than their faults allow; {len(facts.exits)} process(es) exited on "
+        "their own.",
         "",
         f"Seed **{facts.config.seed}** (replay: `SOAK_SEED={facts.config.seed} "
         f"SOAK_MINUTES={facts.config.minutes:g} make soak`).",
@@ -217,7 +237,8 @@ def _exits(facts: RunFacts) -> list[str]:
         for event in facts.exits
     ]
     return [
-        "Restarted by the soak's supervisor, as systemd or compose would.",
+        "Restarted by the soak's supervisor, as systemd or compose would; any",
+        "such exit fails the run.",
         "",
         *_table(
             ["process", "pid", "noticed", "exit code", "why (its log)", "restart"], rows
@@ -298,6 +319,51 @@ def _kind_table(verdict: Verdict) -> list[str]:
         ],
         rows,
     )
+
+
+def _pace_table(verdict: Verdict) -> list[str]:
+    if not verdict.paces:
+        return ["No throttling fault in this run."]
+    rows = [
+        (
+            f"#{pace.fault.number}",
+            pace.fault.kind.value,
+            f"{pace.seconds:.1f}",
+            str(pace.accepted),
+            f"{pace.achieved:.1f}",
+            "-" if pace.allowed is None else f"{pace.allowed:g}",
+            f"{pace.offered_rate:.1f}",
+            "-" if pace.share is None else f"{pace.share:.0%}",
+        )
+        for pace in verdict.paces
+    ]
+    return _table(
+        [
+            "#",
+            "kind",
+            "lasted s",
+            "250s",
+            "achieved /s",
+            "allowed /s",
+            "load /s",
+            "achieved of allowed (or of the load)",
+        ],
+        rows,
+    )
+
+
+def _late(verdict: Verdict) -> list[str]:
+    if not verdict.late:
+        return ["None."]
+    shown = verdict.late[:50]
+    lines = [
+        f"- {late.email}: {late.seconds:.1f} s, bound {late.bound:.1f} s "
+        f"(faults {', '.join(f'#{n}' for n in late.faults) or 'none'})"
+        for late in shown
+    ]
+    if len(verdict.late) > len(shown):
+        lines.append(f"- ... and {len(verdict.late) - len(shown)} more")
+    return lines
 
 
 def _duplicates(verdict: Verdict) -> list[str]:

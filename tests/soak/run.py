@@ -125,6 +125,7 @@ def _run(config: SoakConfig, stack: SoakStack, database: SoakDatabase) -> SoakOu
         rows=rows,
         accepted=accepted,
         faults=injector.applied,
+        exits=[f"{e.name} pid {e.pid}: {e.reason}" for e in supervisor.exits],
     )
     facts = RunFacts(
         config=config,

@@ -210,3 +210,65 @@ def test_percentile_is_nearest_rank():
 
     assert (percentile(values, 50), percentile(values, 99)) == (50.0, 99.0)
     assert percentile([], 50) is None
+
+
+def test_a_mail_later_than_its_longest_fault_plus_30s_fails_the_run():
+    outage = fault(FaultKind.RELAY_REFUSE, 10.0, 30.0)  # 20 s
+    verdict = check(
+        registrations=[
+            registration("held@x", 5.0),
+            registration("slow@x", 5.0),
+            registration("calm@x", 100.0),
+        ],
+        rows=[row("held@x"), row("slow@x"), row("calm@x")],
+        # 49 s and 56 s through a 20 s fault; 31 s through none.
+        accepted=[mail("held@x", 54.0), mail("slow@x", 61.0), mail("calm@x", 131.0)],
+        faults=[outage],
+    )
+
+    assert not verdict.ok
+    assert [(late.email, late.bound, late.faults) for late in verdict.late] == [
+        ("calm@x", 30.0, []),
+        ("slow@x", 50.0, [1]),
+    ]
+
+
+def test_a_process_that_exited_on_its_own_fails_the_run():
+    verdict = check(
+        registrations=[registration("a@x", 1.0)],
+        rows=[row("a@x")],
+        accepted=[mail("a@x", 1.5)],
+        faults=[],
+        exits=["worker0 pid 7: Unrecoverable error: AttributeError(...)"],
+    )
+
+    assert not verdict.ok
+
+
+def test_throttling_faults_report_the_pace_against_what_the_relay_allowed():
+    throttle = fault(FaultKind.RELAY_THROTTLE, 10.0, 20.0, number=1)
+    cap = fault(FaultKind.RELAY_CONNECTION_CAP, 30.0, 40.0, number=2)
+    outage = fault(FaultKind.RELAY_REFUSE, 50.0, 60.0, number=3)
+    emails = [f"u{n}@x" for n in range(80)]
+    # 40 answered during the throttle (4/s) and 40 during the cap (4/s); the
+    # relay took 45 in the first ten seconds and 38 in the next.
+    registrations = [
+        registration(email, 10.1 + n * 0.25 if n < 40 else 30.1 + (n - 40) * 0.25)
+        for n, email in enumerate(emails)
+    ]
+    accepted = [mail(f"t{n}@x", 10.0 + n * 0.2) for n in range(45)]
+    accepted += [mail(f"c{n}@x", 30.5 + n * 0.25) for n in range(38)]
+
+    paces = check(
+        registrations=registrations,
+        rows=[row(email) for email in emails],
+        accepted=accepted,
+        faults=[throttle, cap, outage],
+    ).paces
+
+    assert [(p.fault.number, p.accepted, p.offered, p.allowed) for p in paces] == [
+        (1, 45, 40, 5.0),
+        (2, 38, 40, None),
+    ]
+    assert [round(p.achieved, 1) for p in paces] == [4.5, 3.8]
+    assert [round(p.share, 2) for p in paces] == [0.9, 0.95]

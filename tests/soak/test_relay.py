@@ -96,3 +96,33 @@ def test_a_second_copy_through_the_relay_fails_the_checker(relay):
     )
     assert not verdict.ok
     assert [len(d.copies) for d in verdict.duplicates] == [2]
+
+
+def test_connection_cap_refuses_sessions_over_it_at_the_greeting(relay):
+    relay.set_mode(RelayMode.CAP_CONNECTIONS)
+    held = [smtplib.SMTP("127.0.0.1", relay.port, timeout=5) for _ in range(4)]
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", relay.port, timeout=5)
+        assert refused.value.smtp_code == 421
+        assert b"too many connections" in refused.value.smtp_error
+    finally:
+        for client in held:
+            client.quit()
+    send(relay)  # a slot is free again
+    assert len(relay.accepted()) == 1
+
+
+def test_throttle_answers_454_above_its_rate_a_second(relay):
+    relay.set_mode(RelayMode.THROTTLE_RATE)
+    outcomes = []
+    for n in range(8):
+        try:
+            send(relay, to=f"r{n}@soak.example.com")
+            outcomes.append(250)
+        except smtplib.SMTPSenderRefused as refused:
+            outcomes.append(refused.smtp_code)
+
+    assert outcomes.count(250) in (5, 6)  # one window, or the start of a second
+    assert set(outcomes) == {250, 454}
+    assert relay.counts()["throttled 454"] == outcomes.count(454)

@@ -108,6 +108,9 @@ class ProjectProcess:
 class WorkerProcess(ProjectProcess):
     """`celery -A celery_app worker` as a real process."""
 
+    # The Procfile's worker: `--pool threads --concurrency 16 --prefetch-multiplier 2`.
+    PROCFILE = {"pool": "threads", "concurrency": 16, "prefetch_multiplier": 2}
+
     def __init__(
         self,
         *,
@@ -115,8 +118,11 @@ class WorkerProcess(ProjectProcess):
         name: str = "test",
         pool: str = "threads",
         concurrency: int = 4,
+        prefetch_multiplier: int | None = None,
+        new_session: bool = False,
         log_path: Path | None = None,
     ) -> None:
+        self.new_session = new_session
         args = [
             "celery", "-A", "celery_app", "worker",
             "--pool", pool,
@@ -125,6 +131,8 @@ class WorkerProcess(ProjectProcess):
             "--loglevel", "INFO",
             "--without-mingle", "--without-gossip",
         ]  # fmt: skip
+        if prefetch_multiplier is not None:
+            args += ["--prefetch-multiplier", str(prefetch_multiplier)]
         super().__init__(name, args, env=env, ready=b" ready.", log_path=log_path)
 
 
