@@ -111,14 +111,14 @@ def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome
         return _database_retry(error, retries)
     turn = budget.reserve_send(max_wait=BUDGET_WAIT)
     if not turn.reserved:
-        return _counted(_budget_spent("rate", turn.wait))
+        return _counted(_budget_spent(delivery_id, "rate", turn.wait))
     if turn.wait:
         time.sleep(turn.wait)
     started = time.monotonic()
     try:
         smtp = pool.checkout(wait=BUDGET_WAIT)
     except NoBudget as spent:
-        return _counted(_budget_spent(spent.limit, 0.0))
+        return _counted(_budget_spent(delivery_id, spent.limit, 0.0))
     except OSError as error:  # refused, timed out, 421 at the greeting
         return _refused_at_connect(delivery_id, task_id, retries, error, started)
     try:
@@ -168,6 +168,7 @@ def _refused_at_connect(
     failure = esp.classify_send_error(error, others_open=others)
     if failure.throttled:
         outcome = _throttled(failure, others_open=others)
+        _hold(delivery_id, outcome.countdown)
         return _counted(outcome, error=error, started=started)
     try:
         delivery = claims.claim_delivery(delivery_id=delivery_id, task_id=task_id)
@@ -257,10 +258,26 @@ def _throttled(
     return Throttled(countdown, failure.code, failure.reason, kind)
 
 
-def _budget_spent(limit: str, wait: float) -> Throttled:
+def _budget_spent(delivery_id: int, limit: str, wait: float) -> Throttled:
     """No turn within BUDGET_WAIT: back to the queue until about when one is free."""
     metrics.record_throttle(kind="budget")
-    return Throttled(throttle_countdown(wait), reason=f"relay budget: {limit}")
+    outcome = Throttled(throttle_countdown(wait), reason=f"relay budget: {limit}")
+    _hold(delivery_id, outcome.countdown)
+    return outcome
+
+
+def _hold(delivery_id: int, countdown: float) -> None:
+    """Hold the unclaimed row while its copy waits; a database error only logs.
+
+    Without the hold the row's lease may lapse first and the lifeline
+    publishes a second copy (the claim still sends one mail).
+    """
+    try:
+        claims.hold_while_throttled(delivery_id=delivery_id, countdown=countdown)
+    except DatabaseError as error:
+        logger.warning(
+            "delivery %s: throttled, lease not extended: %r", delivery_id, error
+        )
 
 
 def _note_accepted() -> None:

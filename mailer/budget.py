@@ -43,7 +43,7 @@ THROTTLING_KEY = PREFIX + "throttling"
 SLOT_TTL = 10.0  # seconds a connection's hold lasts without renewal
 LEARNED_TTL = 600  # seconds a learned limit outlives the last throttle reply
 THROTTLING_QUIET = 60  # seconds without a throttle reply that end an episode
-OBSERVED_WINDOW = 60  # seconds of accepted mails the observed rate looks at
+OBSERVED_WINDOW = 10  # seconds of accepted mails the observed rate looks at
 CUT_EVERY = 1.0  # seconds: one cut of the rate, however many replies say so
 MIN_RATE = 0.1  # mails per second: a learned rate never goes below this
 SOCKET_TIMEOUT = 0.5  # seconds: a frozen Redis must not stall a send
@@ -148,8 +148,9 @@ local r = tonumber(redis.call('HGET', KEYS[1], 'rate'))
 if not c and not r then return {0, '', ''} end
 local changed = 0
 -- One more connection after a run of as many mails as connections (at
--- least 10); a tenth more rate (at least 1/s) after a second's worth of
--- mails (at least 5), as Postfix's positive feedback.
+-- least 10); a tenth more rate (at least 0.1/s) after a second's worth of
+-- mails (at least 5), as Postfix's positive feedback. Small steps: the
+-- next cut only takes back the overshoot, so the pace stays near the limit.
 if c then
   local run = redis.call('HINCRBY', KEYS[1], 'run', 1)
   if run >= math.max(10, c) then
@@ -167,7 +168,7 @@ if r then
   local run = redis.call('HINCRBY', KEYS[1], 'run_rate', 1)
   if run >= math.max(5, math.ceil(r)) then
     changed = 1
-    r = r + math.max(1, r / 10)
+    r = r + math.max(0.1, r / 10)
     local ceiling = tonumber(ARGV[2])
     if ceiling > 0 and r >= ceiling then
       redis.call('HDEL', KEYS[1], 'rate', 'run_rate')
@@ -207,7 +208,7 @@ else
   local ceiling = tonumber(ARGV[4])
   if not current and ceiling > 0 then current = ceiling end
   local accepted, oldest = 0, nil
-  for s = second - 59, second do
+  for s = second - 9, second do
     local n = tonumber(redis.call('HGET', KEYS[2], s))
     if n and n > 0 then
       accepted = accepted + n
@@ -217,7 +218,7 @@ else
   local new
   if accepted > 0 then
     new = accepted / math.max(1, now / 1000 - oldest)
-    if current and new >= current then new = current / 2 end
+    if current and new >= current then new = current * 0.8 end
   elseif current then
     new = current / 2
   else
@@ -361,9 +362,10 @@ def note_throttled(*, limit: str, others_open: int) -> Change | None:
     """Cut the learned limit a throttle reply was about: "connections" or "rate".
 
     Connections go down to the ones of ours that were still open (at least
-    one); the rate to the rate the relay accepted over the last minute, or
-    half the rate in force if that was no lower; the rate at most once per
-    CUT_EVERY, however many replies arrive in that second.
+    one); the rate to the rate the relay accepted over the last
+    OBSERVED_WINDOW seconds (what it allows), or 0.8 of the rate in force
+    if that was no lower; the rate at most once per CUT_EVERY, however many
+    replies arrive in that second.
     """
     reply = _run(
         _THROTTLED,

@@ -233,6 +233,19 @@ def requeue_throttled(
     )
 
 
+def hold_while_throttled(*, delivery_id: int, countdown: float) -> None:
+    """Keep an unclaimed pending row out of the rescue while its copy waits.
+
+    A mail sent back unclaimed (no rate turn, no connection slot, a relay
+    refusing one more connection) comes back in `countdown` seconds; until
+    then its row must not look left behind, or the lifeline would publish a
+    second copy behind the queue and the mail would lose its place.
+    """
+    Delivery.objects.filter(pk=delivery_id, status=Delivery.Status.PENDING).update(
+        lease_expires_at=Now() + timedelta(seconds=countdown) + lease()
+    )
+
+
 def park_for_relay(
     *, delivery_id: int, task_id: str | None, code: int | None, reason: str
 ) -> bool:

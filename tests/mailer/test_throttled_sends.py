@@ -2,10 +2,12 @@
 
 import smtplib
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
-from mailer import attempts, budget
+from mailer import attempts, budget, sweeper
 from mailer.models import Delivery, RelayState
 from mailer.pool import pool
 from mailer.tasks import send_welcome_email
@@ -125,6 +127,26 @@ def test_a_rate_turn_further_than_the_wait_requeues_until_about_then(
     assert outcome.reason == "relay budget: rate"
     assert 4 <= outcome.countdown <= attempts.THROTTLE_COUNTDOWN_MAX
     assert_untouched_by_throttling(second)
+
+
+def test_an_unclaimed_throttled_row_is_held_until_its_copy_is_due(shared, settings):
+    """The lifeline must not publish a second copy while the first one waits."""
+    settings.MAILER_RELAY_RATE = "0.1"  # one mail per ten seconds
+    first = DeliveryFactory(user__email="h1@example.com")
+    second = DeliveryFactory(user__email="h2@example.com")
+    assert isinstance(attempt(first), attempts.Sent)
+    # As the lifeline's renewal on receipt leaves it: one lease ahead.
+    soon = timezone.now() + timedelta(seconds=1)
+    Delivery.objects.filter(pk=second.pk).update(lease_expires_at=soon)
+
+    outcome = attempt(second)
+
+    assert isinstance(outcome, attempts.Throttled)
+    second.refresh_from_db()
+    held_for = (second.lease_expires_at - timezone.now()).total_seconds()
+    assert held_for >= outcome.countdown + settings.MAILER_LEASE - 1
+    assert second.status == Delivery.Status.PENDING and second.attempts == 0
+    assert not sweeper.sweep_stale_deliveries().redispatched
 
 
 def test_a_relay_refusing_every_connection_is_still_down(shared, real_smtp):
