@@ -44,7 +44,10 @@ SLOT_TTL = 10.0  # seconds a connection's hold lasts without renewal
 LEARNED_TTL = 600  # seconds a learned limit outlives the last throttle reply
 THROTTLING_QUIET = 60  # seconds without a throttle reply that end an episode
 OBSERVED_WINDOW = 10  # seconds of accepted mails the observed rate looks at
-CUT_EVERY = 1.0  # seconds: one cut of the rate, however many replies say so
+# Seconds between two cuts of the rate, however many replies say so: longer
+# than the turns already reserved at the old rate (attempts.BUDGET_WAIT), which
+# still go out and meet the relay's refusals; cutting on those undershoots.
+CUT_EVERY = 3.0
 MIN_RATE = 0.1  # mails per second: a learned rate never goes below this
 SOCKET_TIMEOUT = 0.5  # seconds: a frozen Redis must not stall a send
 UNAVAILABLE_FOR = 5.0  # seconds the budget is not asked after Redis failed
@@ -149,8 +152,8 @@ if not c and not r then return {0, '', ''} end
 local changed = 0
 -- One more connection after a run of as many mails as connections (at
 -- least 10); a tenth more rate (at least 0.1/s) after a second's worth of
--- mails (at least 5), as Postfix's positive feedback. Small steps: the
--- next cut only takes back the overshoot, so the pace stays near the limit.
+-- mails (at least 5), as Postfix's positive feedback. The next cut goes to
+-- what the relay accepted, so an overshoot costs one refused mail, not pace.
 if c then
   local run = redis.call('HINCRBY', KEYS[1], 'run', 1)
   if run >= math.max(10, c) then
@@ -215,19 +218,29 @@ else
       if not oldest then oldest = s end
     end
   end
-  local new
-  if accepted > 0 then
-    new = accepted / math.max(1, now / 1000 - oldest)
-    if current and new >= current then new = current * 0.8 end
-  elseif current then
-    new = current / 2
-  else
-    new = 1
-  end
   -- Once per CUT_EVERY, however many replies say so: the rest of a relay's
   -- window refuses everything, and the rate looks lower each time.
   local last = tonumber(redis.call('HGET', KEYS[1], 'cut_rate'))
   local recent = last and now - last < tonumber(ARGV[8])
+  local new
+  if accepted > 0 then
+    new = accepted / math.max(1, now / 1000 - oldest)
+    -- Far above what the relay took: go there. Near it, a window that was
+    -- not full reads low, so cut by a tenth to a fifth of the rate in force.
+    if current and new >= current * 0.5 then
+      new = math.min(math.max(new, current * 0.8), current * 0.9)
+    end
+  elseif current then
+    new = current / 2
+  elseif not last then
+    -- The first reply of a burst, before any 250 was counted: watch what
+    -- the relay accepts for one CUT_EVERY instead of guessing a rate.
+    redis.call('HSET', KEYS[1], 'cut_rate', now)
+    recent = true
+    new = 1
+  else
+    new = 1
+  end
   new = math.max(tonumber(ARGV[5]), new)
   if (not current or new < current) and not recent then
     redis.call('HSET', KEYS[1], 'rate', tostring(new), 'cut_rate', now, 'run_rate', 0)
@@ -363,8 +376,9 @@ def note_throttled(*, limit: str, others_open: int) -> Change | None:
 
     Connections go down to the ones of ours that were still open (at least
     one); the rate to the rate the relay accepted over the last
-    OBSERVED_WINDOW seconds (what it allows), or 0.8 of the rate in force
-    if that was no lower; the rate at most once per CUT_EVERY, however many
+    OBSERVED_WINDOW seconds (what it allows): there, if that is below half
+    the rate in force, else to 0.8-0.9 of it; at most once per CUT_EVERY,
+    however many
     replies arrive in that second.
     """
     reply = _run(

@@ -96,8 +96,13 @@ def test_every_connection_throttle_may_lower_concurrency_never_raise_it(shared):
     assert budget.current_limits().concurrency == 1
 
 
-def test_one_halving_of_the_rate_per_second_however_many_replies_say_so(shared):
+def test_one_halving_of_the_rate_per_second_however_many_replies_say_so(
+    shared, monkeypatch
+):
+    monkeypatch.setattr(budget, "CUT_EVERY", 0.0)
+    budget.note_throttled(limit="rate", others_open=0)  # watches first
     budget.note_throttled(limit="rate", others_open=0)  # nothing accepted: 1/s
+    monkeypatch.setattr(budget, "CUT_EVERY", 1.0)
 
     again = budget.note_throttled(limit="rate", others_open=0)
 
@@ -129,7 +134,20 @@ def test_a_rate_throttle_sets_the_rate_the_relay_accepted(shared):
     assert 10 <= budget.current_limits().rate <= 20
 
 
-def test_a_rate_throttle_with_nothing_accepted_starts_at_one_per_second(shared):
+def test_the_first_rate_throttle_watches_one_second_before_it_cuts(shared):
+    """No 250 counted yet: no guess; the next reply cuts to what was accepted."""
+    first = budget.note_throttled(limit="rate", others_open=0)
+
+    assert first.started and not first.changed
+    assert budget.current_limits().rate is None
+
+
+def test_a_rate_throttle_with_nothing_accepted_starts_at_one_per_second(
+    shared, monkeypatch
+):
+    monkeypatch.setattr(budget, "CUT_EVERY", 0.0)
+    budget.note_throttled(limit="rate", others_open=0)
+
     budget.note_throttled(limit="rate", others_open=0)
 
     assert budget.current_limits().rate == 1
@@ -137,6 +155,7 @@ def test_a_rate_throttle_with_nothing_accepted_starts_at_one_per_second(shared):
 
 def test_a_throttle_below_a_learned_rate_halves_it(shared, monkeypatch):
     monkeypatch.setattr(budget, "CUT_EVERY", 0.0)
+    budget.note_throttled(limit="rate", others_open=0)  # watches first
     budget.note_throttled(limit="rate", others_open=0)  # 1/s, nothing accepted
 
     budget.note_throttled(limit="rate", others_open=0)
