@@ -145,15 +145,16 @@ class Peers:
 
     def start(self, system: System, name: str) -> list[int]:
         """Start a loop or worker system's processes; return their pids."""
-        pids = []
-        for index, argv in enumerate(system.sender):
+        pids, workers = [], []
+        for index, argv in enumerate(system.sender):  # all at once, as a deploy
             proc, worker = f"{name}{index}", "worker" in argv
             argv = [python(system.peer), *argv]
             argv += ["--hostname", f"{proc}@%h"] if worker else []
             env, cwd = self.env(system), self.cwd(system)
             pids.append(self.stack.spawn(proc, argv, env, cwd=cwd).pid)
-            if worker:
-                self.wait_ready(proc)
+            workers += [proc] if worker else []
+        for proc in workers:
+            self.wait_ready(proc)
         time.sleep(0.5 if system.kind == "loop" else 0)
         return pids
 
