@@ -26,8 +26,8 @@ TEXT = """
 bench/fig_sweep.py in its own process and throwaway database per vendor:
 $count outbox rows (one user each), all but 3 in 1,000 `sent`; 1 in 1,000 each
 `pending` and `sending` with leases ahead, and `failed`; loaded in one INSERT
-... SELECT per table (PostgreSQL without its per-row foreign-key triggers),
-then ANALYZE.
+... SELECT per table, every column the model has (its default where the load
+sets none; PostgreSQL without its per-row foreign-key triggers), then ANALYZE.
 `mailer.sweeper.sweep_stale_deliveries()` called $calls times after 5 warm-up
 calls, ms per call, median (min-max). The plans are of the queries
 one call makes (EXPLAIN on PostgreSQL, EXPLAIN QUERY PLAN on SQLite).

@@ -20,7 +20,7 @@ from django.core.mail import EmailMultiAlternatives
 FIXED_HEADERS = frozenset(
     {"subject", "from", "mime-version", "content-type", "content-transfer-encoding"}
 )
-_FOLDED: dict[tuple, str] = {}
+_FOLDED: dict[tuple, tuple[object, str]] = {}
 _FOLDED_MAX = 512  # kinds x languages x parts, with room to spare
 
 # The stdlib's own shape (email.generator.Generator._make_boundary).
@@ -31,34 +31,38 @@ class _FoldOnce:
     """Policy mixin: fold a fixed header's value once, then reuse the text."""
 
     def _fold(self, name, value, *args, **kwargs):
-        text = str(value)
-        if name.lower() not in FIXED_HEADERS or "boundary=" in text:
+        memo = None
+        if name.lower() in FIXED_HEADERS and "boundary=" not in str(value):
+            memo = self._memo(name, value)
+        if memo is None:
             return super()._fold(name, value, *args, **kwargs)
-        key = (
-            type(value),
-            name,
-            text,
-            args,
-            tuple(kwargs.items()),
-            self.linesep,
-            self.max_line_length,
-            self.cte_type,
-            getattr(self, "utf8", None),
-        )
-        folded = _FOLDED.get(key)
-        if folded is None:
-            folded = super()._fold(name, value, *args, **kwargs)
+        pin, key = memo
+        key += (args, tuple(kwargs.items()), self.linesep, self.max_line_length)
+        key += (self.cte_type, getattr(self, "utf8", None))
+        entry = _FOLDED.get(key)
+        if entry is None:
+            entry = pin, super()._fold(name, value, *args, **kwargs)
             if len(_FOLDED) < _FOLDED_MAX:
-                _FOLDED[key] = folded
-        return folded
+                _FOLDED[key] = entry
+        return entry[1]
 
 
 class _FoldOnceCompat32(_FoldOnce, Compat32):
     """Django 5.2's policy (compat32), folding fixed headers once."""
 
+    def _memo(self, name, value):
+        # compat32 folds a plain string by its text alone.
+        return (None, (name, value)) if type(value) is str else None
+
 
 class _FoldOnceEmailPolicy(_FoldOnce, EmailPolicy):
     """Django 6.1's policy (email.policy.SMTP and kin), folding fixed headers once."""
+
+    def _memo(self, name, value):
+        # A header object folds by the source it was parsed from, which its
+        # text does not always show: key on the object itself (_ParseOnce
+        # hands every mail the same one), pinned so its id is never reused.
+        return (value, (name, id(value))) if hasattr(value, "fold") else None
 
 
 class _ParseOnce:
