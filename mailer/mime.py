@@ -66,25 +66,41 @@ class _FoldOnceEmailPolicy(_FoldOnce, EmailPolicy):
 
 
 class _ParseOnce:
-    """Header factory: parse a fixed header once (header objects are immutable)."""
+    """Header factory: parse a fixed header once (header objects are immutable).
+
+    It also keeps the header class it makes for each name: the stdlib's
+    registry builds a new class on every lookup, twice per header set.
+    """
 
     def __init__(self, registry) -> None:
         self.registry = registry
         self.parsed: dict[tuple[str, str], object] = {}
+        self.classes: dict[str, type] = {}
 
     def __call__(self, name, value):
         fixed = name.lower() in FIXED_HEADERS and isinstance(value, str)
         if not fixed or "boundary=" in value:
-            return self.registry(name, value)
+            return self[name](name, value)
         header = self.parsed.get((name, value))
         if header is None:
-            header = self.registry(name, value)
+            header = self[name](name, value)
             if len(self.parsed) < _FOLDED_MAX:
                 self.parsed[name, value] = header
         return header
 
     def __getitem__(self, name):
-        return self.registry[name]
+        key = name.lower()
+        kind = self.classes.get(key)
+        if kind is None:
+            kind = self.registry[name]
+            if len(self.classes) < _FOLDED_MAX:
+                self.classes[key] = kind
+        return kind
+
+    def map_to_type(self, name, cls):
+        self.registry.map_to_type(name, cls)
+        self.classes.clear()
+        self.parsed.clear()
 
     def __getattr__(self, name):
         return getattr(self.registry, name)

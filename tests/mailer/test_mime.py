@@ -93,3 +93,18 @@ def test_a_non_ascii_sender_name_is_encoded_as_stock(settings):
     assert DATE.sub(b"", cheap) == DATE.sub(b"", stock)
     parsed = email.message_from_bytes(cheap, policy=email.policy.default)
     assert parsed["From"].addresses[0].display_name == "Équipe d’accueil"
+
+
+def test_a_type_mapped_on_the_cheaper_policy_applies_to_the_next_header():
+    from email.headerregistry import AddressHeader
+
+    from mailer.mime import fold_once
+
+    own = email.policy.EmailPolicy(linesep="\r\n")  # its own header registry
+    factory = fold_once(own).header_factory
+    assert not issubclass(factory["X-Reviewer"], AddressHeader)
+
+    factory.map_to_type("x-reviewer", AddressHeader)
+
+    assert issubclass(factory["X-Reviewer"], AddressHeader)
+    assert factory("X-Reviewer", "a@example.org").addresses[0].domain == "example.org"
