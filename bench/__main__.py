@@ -10,8 +10,10 @@ import time
 import traceback
 from pathlib import Path
 
+from bench.harness import Target
 from bench.processes import ROOT, Database, Stack
 
+FAILURES = ROOT / "var" / "bench-failures.log"
 FIGURES = [
     "hashing",
     "mail_path",
@@ -65,10 +67,9 @@ def main() -> None:
             print(f"== {name}", flush=True)
             try:
                 sections[name] = module.section(module.run(bench))
-            except Exception:  # noqa: BLE001 - the page says which figure failed
-                traceback.print_exc()
-                failed = f"## {name}: failed\n\n    {traceback.format_exc(limit=3)}\n"
-                sections[name] = failed.replace("\n", "\n    "), []
+            except Exception as exc:  # noqa: BLE001 - the page says which failed
+                sections[name] = failed_section(name, exc, FAILURES)
+                print(f"   {name} failed: traceback in {FAILURES}", flush=True)
             print(f"   done in {time.monotonic() - clock:.0f} s", flush=True)
             shared = ("redis", "relay", "web", "worker")  # what figures share
             for proc in [p for p in stack.processes if not p.startswith(shared)]:
@@ -90,6 +91,34 @@ def main() -> None:
         elapsed=time.time() - started,
     )
     print(f"wrote {output} in {time.time() - started:.0f} s (logs in {directory})")
+    failed = [name for name, (_, targets) in sections.items() if failed_figure(targets)]
+    if failed:
+        print(f"failed figures: {', '.join(failed)} (tracebacks in {FAILURES})")
+    sys.exit(exit_status(sections))
+
+
+def failed_section(name: str, exc: BaseException, log: Path) -> tuple[str, list]:
+    """Append the traceback to `log`; return one line for the page and a
+    target that says the figure failed."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        out.write(f"== {name} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        out.write("".join(traceback.format_exception(exc)) + "\n")
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or [""]
+    what = lines[0][:160] + (f" ... {lines[-1][:160]}" if len(lines) > 1 else "")
+    line = f"{type(exc).__name__}: {what}".rstrip(": ")
+    text = f"## {name}: failed\n\nThe {name} figure failed: {line}.\n"
+    target = Target(f"The {name} figure runs", f"failed: {line}", False, True)
+    return text, [target]
+
+
+def failed_figure(targets: list) -> bool:
+    return any(t.figure_failed for t in targets)
+
+
+def exit_status(sections: dict) -> int:
+    """Return 1 when any figure failed, 0 otherwise (unmet targets are data)."""
+    return int(any(failed_figure(targets) for _, targets in sections.values()))
 
 
 if __name__ == "__main__":

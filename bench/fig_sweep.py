@@ -26,8 +26,8 @@ TEXT = """
 bench/fig_sweep.py in its own process and throwaway database per vendor:
 $count outbox rows (one user each), all but 3 in 1,000 `sent`; 1 in 1,000 each
 `pending` and `sending` with leases ahead, and `failed`; loaded in one INSERT
-... SELECT per table (PostgreSQL without its per-row foreign-key triggers),
-then ANALYZE.
+... SELECT per table, every column the model has (its default where the load
+sets none; PostgreSQL without its per-row foreign-key triggers), then ANALYZE.
 `mailer.sweeper.sweep_stale_deliveries()` called $calls times after 5 warm-up
 calls, ms per call, median (min-max). The plans are of the queries
 one call makes (EXPLAIN on PostgreSQL, EXPLAIN QUERY PLAN on SQLite).
@@ -54,27 +54,70 @@ def load(rows: int) -> None:
     from django.db import connection, transaction
     from django.utils import timezone
 
+    from mailer.models import Delivery
+    from users.models import User
+
     now = timezone.now()
     series = SERIES[connection.vendor]
     lease = "CASE WHEN n %% 1000 < 2 THEN %s ELSE %s END"  # ahead: not yet due
+    users = {
+        "id": ("n", []),
+        "password": ("'!'", []),
+        "email": ("'sweep' || n || '@bench.example'", []),
+        "is_active": ("%s", [True]),
+        "date_joined": ("%s", [now]),
+    }
+    deliveries = {
+        "id": ("n", []),
+        "user_id": ("n", []),
+        "kind": ("'welcome'", []),
+        "status": (STATUS, []),
+        "attempts": ("1", []),
+        "task_id": ("'t' || n", []),
+        "message_id": ("'<' || n || '@bench>'", []),
+        "lease_expires_at": (
+            lease,
+            [now + timedelta(minutes=5), now - timedelta(days=1)],
+        ),
+        "created_at": ("%s", [now]),
+        "updated_at": ("%s", [now]),
+    }
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":  # no deferred FK check per row
             cursor.execute("SET LOCAL session_replication_role = replica")
-        cursor.execute(
-            "INSERT INTO users_user (id, password, is_superuser, email, is_active, "
-            "is_staff, date_joined) SELECT n, '!', %s, 'sweep' || n || "
-            f"'@bench.example', %s, %s, %s FROM ({series}) AS numbers",
-            [False, True, False, now, rows],
-        )
-        cursor.execute(
-            "INSERT INTO mailer_delivery (id, user_id, kind, status, attempts, task_id,"
-            " message_id, last_error, lease_expires_at, created_at, updated_at) "
-            f"SELECT n, n, 'welcome', {STATUS}, 1, 't' || n, '<' || n || '@bench>', '',"
-            f" {lease}, %s, %s FROM ({series}) AS numbers",
-            [now + timedelta(minutes=5), now - timedelta(days=1), now, now, rows],
-        )
+        for model, given in ((User, users), (Delivery, deliveries)):
+            sql, params = insert_select(model, given, series, connection)
+            cursor.execute(sql, [*params, rows])
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
+
+
+def insert_select(model, given: dict, series: str, connection) -> tuple[str, list]:
+    """Return one INSERT ... SELECT of `model` over `series`.
+
+    The `given` columns get their SQL expressions, every other column the
+    field's default as Django would save it, so a new column needs no edit here.
+    """
+    columns, values, params = [], [], []
+    for field in model._meta.concrete_fields:
+        columns.append(connection.ops.quote_name(field.column))
+        if field.column in given:
+            expression, args = given.pop(field.column)
+        else:
+            default = field.get_default()  # "" for text without one, as Django saves
+            if default is None and not field.null:
+                raise ValueError(f"{model.__name__}.{field.name}: no default given")
+            expression = "%s"
+            args = [field.get_db_prep_save(default, connection=connection)]
+        values.append(expression)
+        params.extend(args)
+    if given:
+        raise ValueError(f"{model.__name__} has no column {', '.join(given)}")
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} "
+        f"({', '.join(columns)}) SELECT {', '.join(values)} FROM ({series}) AS numbers"
+    )
+    return sql, params
 
 
 def child(rows: int, calls: int) -> dict:

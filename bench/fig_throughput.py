@@ -23,26 +23,27 @@ TEXT = """
 ## Throughput and CPU per mail
 
 Each run queues a backlog the system's own way (bench/peers/driver.py, one
-transaction per mail, as a registration would), then times from the first
-commit (queue-fed workers, already running) or the sending command's start
-(commands that drain a backlog, their start-up included) to the relay's last
-250. CPU is user+system time: the queuing process per mail (what a request
-pays), and the sending processes with their children (workers, pool children,
-the command less its median CPU on an empty queue, $startup s). $runs
+transaction per mail, as a registration would) with nothing consuming it,
+then starts the system's senders (this project's and celery-email's workers,
+django-mailer's loop, the commands) and times from their start to the relay's
+last 250: the same start-up rule for every system, start-up included, and no
+queuing process competing with the senders for the two cores. CPU is
+user+system time: the queuing process per mail (what a request pays), and the
+sending processes with their children (workers, pool children, commands),
+less their median CPU when started on an empty queue ($startup s). $runs
 runs per relay, systems interleaved, after one warm-up run each. The same
 welcome mail everywhere (mailer/templates/mailer/welcome.txt and .html, an
 activation link signed per user). CPU columns: ms per mail; SMTP conns:
-connections the relay saw opened per run (this project's worker threads each
-keep one open from the warm-up on, so a timed run opens none). Every
-system's idle workers stay up through the figure.
+connections the relay saw opened per run.
 
 | system | relay | mails/s | queue CPU ms | send CPU ms | SMTP conns | renders |
 | --- | --- | --- | --- | --- | --- | --- |
 $rows
 
 Floor: the project's workers on a task that does nothing (bench/tasks.py
-`do_nothing`: `acks_late`, task events, a SUCCESS result), $floor_count
-per run: $floor_rate tasks/s, $floor_cpu ms of worker CPU per task.
+`do_nothing`: `acks_late`, task events, a SUCCESS result), started on
+$floor_count queued tasks per run: $floor_rate tasks/s, $floor_cpu ms of
+worker CPU per task.
 Ceiling: a bare smtplib loop over one open connection sending one pre-rendered
 message, $ceiling_count per run: $ceiling_rate_50 mails/s at 50 ms (one
 connection waits for each reply), $ceiling_rate_0 at 0 ms, $ceiling_cpu ms of
@@ -53,88 +54,97 @@ mails/s, at $cpu_to_ceiling times its CPU per mail.
 
 def run(bench) -> dict:
     everyone = systems(bench.stack.database.vendor)
-    pids, startup = {}, {}
+    bench.stop_project_worker()  # every system's senders start on their backlog
+    startup = {}
     for system in everyone:
         bench.peers.prepare(system)
-        if system.kind == "command":  # its CPU on an empty queue: Django's start-up
-            runs = [bench.peers.run_command(system)[0] for _ in range(4)]
-            startup[system.label] = statistics.median(runs[1:])  # after a warm-up
-        elif system.peer is None:
-            pids[system.label] = bench.ensure_project_worker()
-        else:
-            pids[system.label] = bench.peers.start(system, f"tp-{system.key}-")
+        runs = [idle_cpu(bench, system) for _ in range(4)]
+        startup[system.label] = statistics.median(runs[1:])  # after a warm-up
     rows = {(s.label, d): [] for s in everyone for d in (50, 0)}
     for delay in (50, 0):
-        for system in everyone:  # warm-up: pool threads, connections, plans
-            one_run(bench, system, pids.get(system.label), delay, 0.0, warm=True)
+        for system in everyone:  # warm-up: database caches and plans
+            one_run(bench, system, delay, 0.0, warm=True)
         for _ in range(bench.size(3, 2)):
             for s in everyone:
                 rows[(s.label, delay)].append(
-                    one_run(bench, s, pids.get(s.label), delay, startup.get(s.label))
+                    one_run(bench, s, delay, startup[s.label])
                 )
-    for system in everyone:
-        if system.peer and system.kind != "command":
-            bench.peers.stop(system, f"tp-{system.key}-")
     return {
         "systems": [(s.label, s.peer) for s in everyone],
         "rows": {
             k: {n: Runs([r[n] for r in v]) for n in v[0]} for k, v in rows.items()
         },
-        "floor": floor(bench),
+        "floor": floor(bench, startup["this project"]),
         "ceiling": {d: ceiling(bench, d) for d in (50, 0)},
         "runs": bench.size(3, 2),
         "startup": ", ".join(f"{k}: {v:.2f}" for k, v in startup.items()),
     }
 
 
-def one_run(bench, system: System, pids, delay: int, startup, warm=False) -> dict:
+def idle_cpu(bench, system: System) -> float:
+    """CPU seconds of the system's senders started on an empty queue: a
+    command's whole run, a worker's or loop's start until it is ready."""
+    if system.kind == "command":
+        return bench.peers.run_command(system)[0]
+    name = f"tp-{system.key}-"
+    pids = bench.peers.start(system, name)
+    used = sum(map(process_cpu_seconds, pids))
+    bench.peers.stop(system, name)
+    return used
+
+
+def one_run(bench, system: System, delay: int, startup: float, warm=False) -> dict:
+    """Queue the backlog with nothing consuming it, start the senders, time
+    from their start to the relay's last 250."""
     count = bench.size(MAILS[system.key]) * (2 if delay == 0 else 1)
     count = max(20, count // 4) if warm else count
     prefix, tag = bench.prefix("tp"), f"+d{delay}"
     bench.relay.poll()
     connections = bench.relay.connections
-    before = sum(map(process_cpu_seconds, pids)) if pids else 0.0
     queued = bench.peers.enqueue(system, count=count, prefix=prefix, tag=tag)
+    name, pids = f"tp-{system.key}-", []
     if system.kind == "command":
         cpu, started = bench.peers.run_command(system)
-        cpu -= startup
     else:
-        started = min(queued["began"].values())
+        started = time.time()
+        pids = bench.peers.start(system, name)
     accepted = bench.relay.wait_for(list(queued["began"]), timeout=max(120, count))
     if pids:
-        cpu = sum(map(process_cpu_seconds, pids)) - before
+        cpu = sum(map(process_cpu_seconds, pids))
+        bench.peers.stop(system, name)
     bench.relay.poll()
     return {
         "rate": count / (max(accepted.values()) - started),
         "enqueue_cpu": queued["cpu_ms"],
-        "send_cpu": cpu * 1000 / count,
+        "send_cpu": (cpu - startup) * 1000 / count,
         "connections": bench.relay.connections - connections,
     }
 
 
-def floor(bench) -> dict[str, Runs]:
-    """This project's workers running a task that does nothing, same options."""
-    from django.db.models import Max
+def floor(bench, startup: float) -> dict[str, Runs]:
+    """This project's workers running a task that does nothing, same options,
+    started on the queued tasks as the systems are."""
     from django_celery_results.models import TaskResult
 
     from bench.tasks import do_nothing
     from tests.support import wait_until
 
-    pids = bench.ensure_project_worker()
     count = bench.size(1000)
     rate, cpu = [], []
     for run in range(bench.size(3, 2) + 1):  # the first is a warm-up
+        bench.stop_project_worker()
         ids = [str(uuid.uuid4()) for _ in range(count)]
-        before = sum(map(process_cpu_seconds, pids))
-        started = time.time()
         for task_id in ids:
             do_nothing.apply_async(task_id=task_id)
+        started = time.time()
+        pids = bench.ensure_project_worker()
         done = TaskResult.objects.filter(task_id__in=ids, status="SUCCESS")
         wait_until(lambda d=done: d.count() == count, timeout=120, what="no-op tasks")
+        last = max(done.values_list("date_done", flat=True)).timestamp()
         if run:
-            last = done.aggregate(last=Max("date_done"))["last"].timestamp()
             rate.append(count / (last - started))
-            cpu.append((sum(map(process_cpu_seconds, pids)) - before) * 1000 / count)
+            used = sum(map(process_cpu_seconds, pids)) - startup
+            cpu.append(used * 1000 / count)
     return {"rate": Runs(rate), "cpu": Runs(cpu), "count": count}
 
 

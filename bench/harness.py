@@ -17,6 +17,7 @@ class Target:
     name: str
     measured: str
     met: bool | None  # None: not measured in this run
+    figure_failed: bool = False  # the figure raised: `make bench` exits 1
 
 
 class RelayLog:

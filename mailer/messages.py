@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
+from mailer.mime import PreparedMail
 from mailer.models import Delivery
 
 # Fixed text: nothing a person typed ever reaches a header but their address,
@@ -50,7 +51,7 @@ def build_message(delivery: Delivery) -> EmailMultiAlternatives:
         subject = str(SUBJECTS[delivery.kind])
         text = render_to_string(f"{template}.txt", context)
         html = render_to_string(f"{template}.html", context)
-    message = EmailMultiAlternatives(
+    message = PreparedMail(
         subject=subject,
         body=text,
         from_email=settings.DEFAULT_FROM_EMAIL,

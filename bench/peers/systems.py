@@ -145,22 +145,29 @@ class Peers:
 
     def start(self, system: System, name: str) -> list[int]:
         """Start a loop or worker system's processes; return their pids."""
-        pids = []
-        for index, argv in enumerate(system.sender):
+        pids, workers = [], []
+        for index, argv in enumerate(system.sender):  # all at once, as a deploy
             proc, worker = f"{name}{index}", "worker" in argv
             argv = [python(system.peer), *argv]
             argv += ["--hostname", f"{proc}@%h"] if worker else []
             env, cwd = self.env(system), self.cwd(system)
+            if worker:  # its log is appended to by every start under this name
+                workers.append((proc, self.readies(proc)))
             pids.append(self.stack.spawn(proc, argv, env, cwd=cwd).pid)
-            if worker:
-                self.wait_ready(proc)
+        for proc, before in workers:
+            self.wait_ready(proc, before)
         time.sleep(0.5 if system.kind == "loop" else 0)
         return pids
 
-    def wait_ready(self, proc: str) -> None:
-        log = self.stack.log
+    def readies(self, proc: str) -> int:
+        """How many times the worker's log says it was ready."""
+        logged = self.stack.directory / f"{proc}.log"
+        return self.stack.log(proc).count(" ready.") if logged.exists() else 0
+
+    def wait_ready(self, proc: str, before: int = 0) -> None:
+        """Wait for a " ready." beyond the `before` of earlier starts."""
         wait_until(
-            lambda: self.stack.alive(proc) or " ready." in log(proc),
+            lambda: self.stack.alive(proc) or self.readies(proc) > before,
             timeout=60,
             what=proc,
         )

@@ -1,0 +1,61 @@
+"""The issue's restated targets, as the figures judge them from their runs."""
+
+from bench import fig_registration, fig_resend
+from bench.stats import Runs
+
+
+def registration(rps_0, rps_200, inline_200, p99_0, p99_2):
+    def row(rps, p99):
+        return {"rps": Runs([rps]), "p50": Runs([p99 / 2]), "p99": Runs([p99])}
+
+    rows = {
+        "project, relay 0 ms": row(rps_0, p99_0),
+        "project, relay 200 ms": row(rps_200, p99_0),
+        "inline baseline, relay 200 ms": row(inline_200, 5000),
+        "project, relay 2 s": row(rps_0, p99_2),
+    }
+    data = {"rows": rows, "count": 200, "inline": 100, "runs": 1}
+    text, targets = fig_registration.section(data)
+    return text, {t.name.split(" at ")[0]: t for t in targets}
+
+
+def test_a_slower_relay_must_not_make_registration_p99_worse_than_1_1x():
+    _, within = registration(10, 10, 1, p99_0=1000, p99_2=1100)
+    _, worse = registration(10, 10, 1, p99_0=1000, p99_2=1101)
+    _, better = registration(10, 10, 1, p99_0=1000, p99_2=500)
+
+    name = "Registration p99"
+    assert within[name].met and better[name].met
+    assert not worse[name].met
+    assert worse[name].measured.startswith("1.10x (1101 vs 1000 ms)")
+
+
+def test_requests_per_second_at_200_ms_must_be_0_9x_those_at_0_ms():
+    text, kept = registration(rps_0=10, rps_200=9, inline_200=1.5, p99_0=1, p99_2=1)
+    _, lost = registration(rps_0=10, rps_200=8.9, inline_200=1.5, p99_0=1, p99_2=1)
+
+    assert kept["Requests/s"].met
+    assert not lost["Requests/s"].met
+    assert "inline baseline at 200 ms: 6.0x less" in kept["Requests/s"].measured
+    assert "0.90x the same app's at 0 ms" in text
+
+
+def resend(seconds, bare):
+    data = {
+        "seconds": Runs(seconds),
+        "bare": Runs(bare),
+        "queued": [10_000] * len(seconds),
+        "bare_queued": [10_000] * len(bare),
+        "rows": 10_000,
+        "runs": len(seconds),
+    }
+    return fig_resend.section(data)
+
+
+def test_reruns_must_take_at_most_1_5x_a_bare_publish_of_as_many_messages():
+    text, [met] = resend([3.0, 2.9, 3.1], [2.0, 2.1, 1.9])
+    _, [unmet] = resend([3.1, 3.2, 3.3], [2.0, 2.1, 1.9])
+
+    assert met.met and met.measured == "1.50x (3.00 vs 2.00 s)"
+    assert not unmet.met
+    assert "| bare publish, 10000 messages | 2.00 (1.90-2.10) |" in text
