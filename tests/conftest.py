@@ -129,3 +129,17 @@ def celery_worker(
     ).start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def relay_budget(redis_server, settings, smtp, real_smtp):
+    """The suite's Redis holds the relay budget; the SMTP server plays the relay."""
+    from mailer import budget
+    from mailer.pool import pool
+
+    settings.MAILER_RELAY_MAX_CONNECTIONS = "8"
+    settings.MAILER_RELAY_RATE = ""
+    budget.forget()
+    yield smtp
+    pool.close_all()
+    budget.forget()

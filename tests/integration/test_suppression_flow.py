@@ -1,18 +1,17 @@
 """Suppression end to end: a real worker, broker and SMTP server, real webhooks."""
 
 import base64
-import importlib
 import json
 import time
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.urls import clear_url_caches, reverse
+from django.urls import reverse
 
 from mailer.models import Delivery, Suppression, TrackingEvent
 from tests.support import register, wait_for_delivery, wait_until
-from tests.support.esp import bounce_event
+from tests.support.esp import bounce_event, serve_webhooks
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -27,15 +26,7 @@ def _services(celery_worker, smtp):
 @pytest.fixture
 def webhooks(settings):
     """The /anymail/ URLs served, as with ANYMAIL_WEBHOOK_SECRET set."""
-    import project.urls
-
-    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": SECRET}
-    importlib.reload(project.urls)
-    clear_url_caches()
-    yield
-    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": None}
-    importlib.reload(project.urls)
-    clear_url_caches()
+    yield from serve_webhooks(settings, SECRET)
 
 
 def resend_failed(*args: str) -> str:

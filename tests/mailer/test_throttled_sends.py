@@ -17,17 +17,6 @@ from tests.factories import DeliveryFactory
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def shared(redis_server, settings, smtp, real_smtp):
-    """The suite's Redis holds the budget; the SMTP server plays the relay."""
-    settings.MAILER_RELAY_MAX_CONNECTIONS = "8"
-    settings.MAILER_RELAY_RATE = ""
-    budget.forget()
-    yield smtp
-    pool.close_all()
-    budget.forget()
-
-
 def attempt(delivery: Delivery) -> attempts.Outcome:
     return attempts.attempt_delivery(
         delivery_id=delivery.pk, task_id=delivery.task_id, retries=0
@@ -41,8 +30,8 @@ def assert_untouched_by_throttling(delivery: Delivery) -> None:
     assert not RelayState.objects.filter(down_since__isnull=False).exists()
 
 
-def test_too_many_connections_at_the_greeting_requeues_the_mail_unclaimed(shared):
-    shared.script.max_connections = 1
+def test_too_many_connections_at_the_greeting_requeues_the_mail_unclaimed(relay_budget):
+    relay_budget.script.max_connections = 1
     other = smtplib.SMTP("127.0.0.1", services.SMTP_PORT)  # someone else's
     delivery = DeliveryFactory(user__email="cap@example.com")
     try:
@@ -59,10 +48,10 @@ def test_too_many_connections_at_the_greeting_requeues_the_mail_unclaimed(shared
 
 
 def test_a_throttling_failure_at_mail_from_hands_the_claimed_row_back_pending(
-    shared,
+    relay_budget,
 ):
-    shared.script.rate = 1
-    shared.script.rate_window = 30
+    relay_budget.script.rate = 1
+    relay_budget.script.rate_window = 30
     first = DeliveryFactory(user__email="first@example.com")
     second = DeliveryFactory(user__email="second@example.com")
 
@@ -77,9 +66,9 @@ def test_a_throttling_failure_at_mail_from_hands_the_claimed_row_back_pending(
     assert budget.current_limits().rate is not None
 
 
-def test_the_task_sends_a_throttled_mail_on_a_later_turn_without_a_retry(shared):
-    shared.script.rate = 1
-    shared.script.rate_window = 1.5
+def test_the_task_sends_a_throttled_mail_on_a_later_turn_without_a_retry(relay_budget):
+    relay_budget.script.rate = 1
+    relay_budget.script.rate_window = 1.5
     first = DeliveryFactory(user__email="one@example.com")
     second = DeliveryFactory(user__email="two@example.com")
     send_welcome_email.apply(args=(first.pk,))
@@ -87,14 +76,14 @@ def test_the_task_sends_a_throttled_mail_on_a_later_turn_without_a_retry(shared)
     result = send_welcome_email.apply(args=(second.pk,))
 
     assert result.get() == "sent"  # Task.apply runs the requeued copy at once
-    assert shared.refused_mails >= 1
-    assert len(shared.mails_to("two@example.com")) == 1
+    assert relay_budget.refused_mails >= 1
+    assert len(relay_budget.mails_to("two@example.com")) == 1
     assert_untouched_by_throttling(second)
     assert second.status == Delivery.Status.SENT
 
 
 def test_no_slot_free_within_the_wait_requeues_without_touching_the_row(
-    shared, settings, monkeypatch
+    relay_budget, settings, monkeypatch
 ):
     settings.MAILER_RELAY_MAX_CONNECTIONS = "1"
     monkeypatch.setattr(attempts, "BUDGET_WAIT", 0.3)
@@ -114,7 +103,7 @@ def test_no_slot_free_within_the_wait_requeues_without_touching_the_row(
 
 
 def test_a_rate_turn_further_than_the_wait_requeues_until_about_then(
-    shared, settings, monkeypatch
+    relay_budget, settings, monkeypatch
 ):
     settings.MAILER_RELAY_RATE = "0.2"  # one mail per five seconds
     first = DeliveryFactory(user__email="r1@example.com")
@@ -129,7 +118,9 @@ def test_a_rate_turn_further_than_the_wait_requeues_until_about_then(
     assert_untouched_by_throttling(second)
 
 
-def test_an_unclaimed_throttled_row_is_held_until_its_copy_is_due(shared, settings):
+def test_an_unclaimed_throttled_row_is_held_until_its_copy_is_due(
+    relay_budget, settings
+):
     """The lifeline must not publish a second copy while the first one waits."""
     settings.MAILER_RELAY_RATE = "0.1"  # one mail per ten seconds
     first = DeliveryFactory(user__email="h1@example.com")
@@ -149,7 +140,7 @@ def test_an_unclaimed_throttled_row_is_held_until_its_copy_is_due(shared, settin
     assert not sweeper.sweep_stale_deliveries().redispatched
 
 
-def test_a_relay_refusing_every_connection_is_still_down(shared, real_smtp):
+def test_a_relay_refusing_every_connection_is_still_down(relay_budget, real_smtp):
     real_smtp(port=1)  # nothing listens
     delivery = DeliveryFactory(user__email="down@example.com")
 
@@ -159,9 +150,9 @@ def test_a_relay_refusing_every_connection_is_still_down(shared, real_smtp):
     assert RelayState.objects.get().down_since is not None
 
 
-def test_a_421_at_the_greeting_with_none_of_ours_open_is_an_outage(shared):
-    shared.script.max_connections = 1
-    shared.script.connection_reply = "421 4.3.2 Service shutting down"
+def test_a_421_at_the_greeting_with_none_of_ours_open_is_an_outage(relay_budget):
+    relay_budget.script.max_connections = 1
+    relay_budget.script.connection_reply = "421 4.3.2 Service shutting down"
     other = smtplib.SMTP("127.0.0.1", services.SMTP_PORT)  # not ours
     delivery = DeliveryFactory(user__email="shut@example.com")
     try:

@@ -1,20 +1,23 @@
 """ESP tracking webhooks under /anymail/: Postmark's payloads, as its docs show."""
 
 import base64
-import importlib
 import json
 
 import pytest
 from anymail.signals import AnymailTrackingEvent
 from django.core.checks import run_checks
-from django.urls import clear_url_caches
 
 from mailer import metrics
 from mailer.esp import record_event
 from mailer.models import Delivery, Suppression, TrackingEvent
 from mailer.suppression import lift
 from tests.factories import DeliveryFactory
-from tests.support.esp import bounce_event, delivery_event, spam_complaint_event
+from tests.support.esp import (
+    bounce_event,
+    delivery_event,
+    serve_webhooks,
+    spam_complaint_event,
+)
 from tests.support.mail import use_backend
 
 pytestmark = pytest.mark.django_db
@@ -23,21 +26,10 @@ SECRET = "postmark:webhook-secret-for-tests"
 TRACKING = "/anymail/postmark/tracking/"
 
 
-def _reload_urls() -> None:
-    import project.urls
-
-    importlib.reload(project.urls)
-    clear_url_caches()
-
-
 @pytest.fixture
 def webhooks(settings):
     """The webhook URLs served, as with ANYMAIL_WEBHOOK_SECRET set."""
-    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": SECRET}
-    _reload_urls()
-    yield
-    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": None}
-    _reload_urls()
+    yield from serve_webhooks(settings, SECRET)
 
 
 def post(client, body: dict, *, secret: str = SECRET):

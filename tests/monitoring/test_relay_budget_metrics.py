@@ -5,7 +5,7 @@ import smtplib
 import pytest
 from prometheus_client import REGISTRY
 
-from mailer import attempts, budget
+from mailer import attempts
 from mailer.pool import Pool, pool
 from tests import services
 from tests.factories import DeliveryFactory
@@ -17,18 +17,10 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture
-def shared(redis_server, settings, smtp, real_smtp):
-    settings.MAILER_RELAY_MAX_CONNECTIONS = "8"
-    settings.MAILER_RELAY_RATE = ""
-    budget.forget()
-    yield smtp
-    pool.close_all()
-    budget.forget()
-
-
-def test_a_refused_connection_counts_a_throttle_and_sets_the_learned_limit(shared):
-    shared.script.max_connections = 1
+def test_a_refused_connection_counts_a_throttle_and_sets_the_learned_limit(
+    relay_budget,
+):
+    relay_budget.script.max_connections = 1
     other = smtplib.SMTP("127.0.0.1", services.SMTP_PORT)
     before = sample("mailer_relay_throttles_total", kind="connections")
     throttled = sample("mailer_deliveries_total", kind="unknown", outcome="throttled")
@@ -47,7 +39,9 @@ def test_a_refused_connection_counts_a_throttle_and_sets_the_learned_limit(share
     assert sample("mailer_relay_allowed_connections") == 1
 
 
-def test_the_reaper_reports_open_connections_and_the_limits_in_force(shared, settings):
+def test_the_reaper_reports_open_connections_and_the_limits_in_force(
+    relay_budget, settings
+):
     settings.MAILER_RELAY_RATE = "14"
     mine = Pool()
     held = [mine.checkout(wait=1) for _ in range(2)]
@@ -64,7 +58,7 @@ def test_the_reaper_reports_open_connections_and_the_limits_in_force(shared, set
 
 
 def test_a_budget_wait_is_counted_apart_from_the_relays_throttles(
-    shared, settings, monkeypatch
+    relay_budget, settings, monkeypatch
 ):
     settings.MAILER_RELAY_MAX_CONNECTIONS = "1"
     monkeypatch.setattr(attempts, "BUDGET_WAIT", 0.1)

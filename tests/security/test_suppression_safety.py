@@ -1,16 +1,14 @@
 """The suppression list leaks nothing, and its webhooks take no forged event."""
 
 import base64
-import importlib
 import json
 
 import pytest
-from django.urls import clear_url_caches
 
 from mailer.models import Suppression, TrackingEvent
 from tests.factories import UserFactory
 from tests.support import register
-from tests.support.esp import bounce_event
+from tests.support.esp import bounce_event, serve_webhooks
 
 pytestmark = pytest.mark.django_db
 
@@ -28,15 +26,7 @@ def _no_rate_limits(settings):
 
 @pytest.fixture
 def webhooks(settings):
-    import project.urls
-
-    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": SECRET}
-    importlib.reload(project.urls)
-    clear_url_caches()
-    yield
-    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": None}
-    importlib.reload(project.urls)
-    clear_url_caches()
+    yield from serve_webhooks(settings, SECRET)
 
 
 def post_event(client, body, **headers):

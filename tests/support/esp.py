@@ -209,3 +209,24 @@ def delivery_event(*, email: str, delivery_id=None):
         "Details": "Test delivery webhook details",
         "Metadata": {} if delivery_id is None else {"delivery_id": str(delivery_id)},
     }
+
+
+def serve_webhooks(settings, secret: str):
+    """Serve the /anymail/ URLs for one test, as ANYMAIL_WEBHOOK_SECRET does.
+
+    A generator for a fixture (`yield from serve_webhooks(settings, SECRET)`):
+    project.urls is reloaded with the secret set, and again without it after.
+    """
+    import importlib
+
+    from django.urls import clear_url_caches
+
+    import project.urls
+
+    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": secret}
+    importlib.reload(project.urls)
+    clear_url_caches()
+    yield
+    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": None}
+    importlib.reload(project.urls)
+    clear_url_caches()
