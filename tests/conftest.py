@@ -134,12 +134,20 @@ def celery_worker(
 @pytest.fixture
 def relay_budget(redis_server, settings, smtp, real_smtp):
     """The suite's Redis holds the relay budget; the SMTP server plays the relay."""
-    from mailer import budget
-    from mailer.pool import pool
-
     settings.MAILER_RELAY_MAX_CONNECTIONS = "8"
     settings.MAILER_RELAY_RATE = ""
     budget.forget()
     yield smtp
     pool.close_all()
     budget.forget()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_smtp_pool():
+    """Stop the SMTP pool's reaper at the end, before the interpreter exits.
+
+    Its thread would otherwise keep renewing slots on the suite's stopped
+    redis-server and log into an already closed stream.
+    """
+    yield
+    pool.stop()
