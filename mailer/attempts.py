@@ -31,9 +31,6 @@ BUDGET_WAIT = 2.0
 # of the Redis visibility_timeout, so a held copy is never redelivered.
 THROTTLE_COUNTDOWN_MIN = 1.0
 THROTTLE_COUNTDOWN_MAX = 10.0
-# Seconds ahead a mail may book its turn under the rate (mailer/budget.py):
-# turns follow arrival within it; a learned rate reaches new bookings after it.
-BOOKING_HORIZON = 30.0
 
 
 @dataclass(frozen=True)
@@ -112,11 +109,9 @@ def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome
             return _counted(_park(delivery_id, None, None, "relay down"))
     except DatabaseError as error:
         return _database_retry(error, retries)
-    turn = budget.reserve_send(
-        max_wait=BUDGET_WAIT, delivery_id=delivery_id, horizon=booking_horizon()
-    )
+    turn = budget.reserve_send(max_wait=BUDGET_WAIT)
     if not turn.reserved:
-        return _counted(_budget_spent(delivery_id, "rate", turn.wait, turn.booked))
+        return _counted(_budget_spent(delivery_id, "rate", turn.wait))
     if turn.wait:
         time.sleep(turn.wait)
     started = time.monotonic()
@@ -263,17 +258,10 @@ def _throttled(
     return Throttled(countdown, failure.code, failure.reason, kind)
 
 
-def _budget_spent(
-    delivery_id: int, limit: str, wait: float, booked: bool = False
-) -> Throttled:
-    """No turn within BUDGET_WAIT: back to the queue until about when one is free.
-
-    A mail that booked a later turn comes back right at it; one that could
-    not (the next turn beyond the horizon) about when bookings run out.
-    """
+def _budget_spent(delivery_id: int, limit: str, wait: float) -> Throttled:
+    """No turn within BUDGET_WAIT: back to the queue until about when one is free."""
     metrics.record_throttle(kind="budget")
-    countdown = wait if booked else throttle_countdown(wait)
-    outcome = Throttled(countdown, reason=f"relay budget: {limit}")
+    outcome = Throttled(throttle_countdown(wait), reason=f"relay budget: {limit}")
     _hold(delivery_id, outcome.countdown)
     return outcome
 
@@ -354,12 +342,6 @@ def retry_countdown(retries: int) -> float:
         settings.MAILER_RETRY_BACKOFF_MAX, settings.MAILER_RETRY_BACKOFF * 2**retries
     )
     return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def booking_horizon() -> float:
-    """Return how far ahead a mail may book its rate turn (seconds)."""
-    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
-    return min(BOOKING_HORIZON, options.get("visibility_timeout", 3600) / 4)
 
 
 def throttle_countdown(wait: float) -> float:

@@ -37,7 +37,6 @@ SLOTS_KEY = PREFIX + "slots"
 OPEN_KEY = PREFIX + "open"  # the slots whose connection the relay greeted
 LIMITS_KEY = PREFIX + "limits"
 TAT_KEY = PREFIX + "tat"
-BOOKED_PREFIX = PREFIX + "booked:"
 SENT_KEY = PREFIX + "sent"
 THROTTLING_KEY = PREFIX + "throttling"
 
@@ -119,39 +118,23 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 """
 
-# KEYS: tat, limits[, this mail's booking]. ARGV: ceiling rate (0: none),
-# max wait in ms, booking horizon in ms. A mail that booked a turn takes it.
-# -> {reserved (1), not (0) or booked for later (2), wait in ms}; a
-# reservation needs no wait if no rate is in force.
+# KEYS: tat, limits. ARGV: ceiling rate (0: none), max wait in ms.
+# -> {reserved (1) or not (0), wait in ms}; a reservation needs no wait if
+# no rate is in force.
 _RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local max_wait = tonumber(ARGV[2])
-if KEYS[3] then
-  local booked = tonumber(redis.call('GET', KEYS[3]))
-  if booked then
-    local left = booked - now
-    if left > max_wait then return {2, math.ceil(left)} end
-    redis.call('DEL', KEYS[3])
-    return {1, math.max(0, math.ceil(left))}
-  end
-end
 local rate = tonumber(ARGV[1])
 local learned = tonumber(redis.call('HGET', KEYS[2], 'rate'))
 if learned and (rate <= 0 or learned < rate) then rate = learned end
 if rate <= 0 then return {1, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if not tat or tat < now then tat = now end
 local wait = tat - now
-local book = KEYS[3] and wait <= tonumber(ARGV[3])
-if wait > max_wait and not book then return {0, math.ceil(wait)} end
+if wait > tonumber(ARGV[2]) then return {0, math.ceil(wait)} end
 local interval = 1000 / rate
 local keep = math.ceil(wait + interval) + 1000
 redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', keep)
-if wait > max_wait then
-  redis.call('SET', KEYS[3], tostring(tat), 'PX', math.ceil(wait) + 60000)
-  return {2, math.ceil(wait)}
-end
 return {1, math.ceil(wait)}
 """
 
@@ -285,7 +268,6 @@ class Turn:
 
     reserved: bool
     wait: float
-    booked: bool = False  # a later turn is held for this mail (not now)
 
 
 @dataclass(frozen=True)
@@ -364,30 +346,19 @@ def open_connections() -> int | None:
     return None if reply is None else int(reply)
 
 
-def reserve_send(
-    *, max_wait: float, delivery_id: int | None = None, horizon: float = 0.0
-) -> Turn:
+def reserve_send(*, max_wait: float) -> Turn:
     """Reserve the next send under the rate: when it may go.
 
     Reserved with a wait of at most `max_wait` seconds; else nothing is
     reserved and `wait` says how far away the next turn is. Reserved at
     once when no rate is in force or the budget is unreachable.
-
-    With `delivery_id`, a turn further than `max_wait` but within `horizon`
-    is booked for that mail (`booked`): its copy, sent back until then,
-    takes the booked turn instead of competing with newer mails, so turns
-    follow arrival and a backlog waits in the queue, not in retries.
     """
     ceiling = fixed_rate() or 0
-    keys = [TAT_KEY, LIMITS_KEY]
-    if delivery_id is not None:
-        keys.append(f"{BOOKED_PREFIX}{delivery_id}")
-    args = (ceiling, int(max_wait * 1000), int(horizon * 1000))
-    reply = _run(_RESERVE, keys, *args)
+    reply = _run(_RESERVE, [TAT_KEY, LIMITS_KEY], ceiling, int(max_wait * 1000))
     if reply is None:
         return Turn(reserved=True, wait=0.0)
-    answer, wait_ms = reply
-    return Turn(reserved=answer == 1, wait=int(wait_ms) / 1000, booked=answer == 2)
+    reserved, wait_ms = reply
+    return Turn(reserved=bool(reserved), wait=int(wait_ms) / 1000)
 
 
 def note_accepted() -> Change | None:
@@ -446,11 +417,6 @@ def forget() -> None:
     _call(lambda client: client.delete(SLOTS_KEY, OPEN_KEY, LIMITS_KEY, TAT_KEY))
     _call(lambda client: client.delete(SENT_KEY))
     _call(lambda client: client.delete(THROTTLING_KEY))
-    _call(
-        lambda client: [
-            client.delete(key) for key in client.scan_iter(f"{BOOKED_PREFIX}*")
-        ]
-    )
     _state.reset()
     _seen.update(open_now=0, concurrency=0)
 

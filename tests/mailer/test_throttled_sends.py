@@ -118,26 +118,6 @@ def test_a_rate_turn_further_than_the_wait_requeues_until_about_then(
     assert_untouched_by_throttling(second)
 
 
-def test_a_mail_that_books_a_later_turn_takes_it_before_newer_mails(
-    relay_budget, settings
-):
-    """Turns follow arrival: a booked mail comes back at its turn and sends."""
-    settings.MAILER_RELAY_RATE = "0.2"  # one mail per five seconds
-    first = DeliveryFactory(user__email="b1@example.com")
-    second = DeliveryFactory(user__email="b2@example.com")
-    assert isinstance(attempt(first), attempts.Sent)
-
-    booked = attempt(second)
-    newer = budget.reserve_send(max_wait=0.0)
-
-    assert isinstance(booked, attempts.Throttled)
-    assert 4 <= booked.countdown <= 5.1
-    assert not newer.reserved and newer.wait >= 9  # behind the booked turn
-    time.sleep(booked.countdown)
-    assert isinstance(attempt(second), attempts.Sent)
-    assert len(relay_budget.mails_to("b2@example.com")) == 1
-
-
 def test_an_unclaimed_throttled_row_is_held_until_its_copy_is_due(
     relay_budget, settings
 ):
