@@ -5,7 +5,8 @@ sends the mail and records the result; it returns an outcome that the task
 maps to return, retry or raise. The retry or fail decision is made here: a
 relay-wide failure parks the mail without spending a retry; a relay that
 throttles, or a budget with no turn free within BUDGET_WAIT, sends the mail
-back to the queue for a few seconds without spending one either; a failure
+back to the queue for a few seconds without spending one either (under a
+rate, until shortly before its place in the shared line comes up); a failure
 of this mail alone (a 4xx for it) is retried with backoff until
 MAILER_MAX_RETRIES; anything else fails at once.
 """
@@ -109,16 +110,18 @@ def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome
             return _counted(_park(delivery_id, None, None, "relay down"))
     except DatabaseError as error:
         return _database_retry(error, retries)
-    turn = budget.reserve_send(max_wait=BUDGET_WAIT)
+    turn = budget.reserve_send(max_wait=BUDGET_WAIT, place=delivery_id)
     if not turn.reserved:
-        return _counted(_budget_spent(delivery_id, "rate", turn.wait))
+        countdown = turn_countdown(turn.wait)
+        return _counted(_budget_spent(delivery_id, "rate", countdown))
     if turn.wait:
         time.sleep(turn.wait)
     started = time.monotonic()
     try:
         smtp = pool.checkout(wait=BUDGET_WAIT)
     except NoBudget as spent:
-        return _counted(_budget_spent(delivery_id, spent.limit, 0.0))
+        countdown = throttle_countdown(THROTTLE_COUNTDOWN_MIN)
+        return _counted(_budget_spent(delivery_id, spent.limit, countdown))
     except OSError as error:  # refused, timed out, 421 at the greeting
         return _refused_at_connect(delivery_id, task_id, retries, error, started)
     try:
@@ -258,10 +261,10 @@ def _throttled(
     return Throttled(countdown, failure.code, failure.reason, kind)
 
 
-def _budget_spent(delivery_id: int, limit: str, wait: float) -> Throttled:
-    """No turn within BUDGET_WAIT: back to the queue until about when one is free."""
+def _budget_spent(delivery_id: int, limit: str, countdown: float) -> Throttled:
+    """No turn within BUDGET_WAIT: back to the queue for `countdown` seconds."""
     metrics.record_throttle(kind="budget")
-    outcome = Throttled(throttle_countdown(wait), reason=f"relay budget: {limit}")
+    outcome = Throttled(countdown, reason=f"relay budget: {limit}")
     _hold(delivery_id, outcome.countdown)
     return outcome
 
@@ -346,10 +349,27 @@ def retry_countdown(retries: int) -> float:
 
 def throttle_countdown(wait: float) -> float:
     """Seconds until a throttled mail comes back: about `wait`, with jitter, bounded."""
-    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
-    ceiling = min(THROTTLE_COUNTDOWN_MAX, options.get("visibility_timeout", 3600) / 4)
+    ceiling = _countdown_ceiling()
     low = min(max(wait, THROTTLE_COUNTDOWN_MIN), ceiling)
     return min(low + random.uniform(0, low), ceiling)
+
+
+def turn_countdown(wait: float) -> float:
+    """Seconds until a mail waiting in line comes back: shortly before its turn.
+
+    `wait` is how far away its own turn is (mailer.budget.reserve_send): it
+    comes back when that turn is about half of BUDGET_WAIT away, so it is
+    there to take it, and asks again at least every THROTTLE_COUNTDOWN_MAX
+    seconds, keeping its place.
+    """
+    back = (wait - BUDGET_WAIT / 2) * random.uniform(0.9, 1.0)
+    return min(max(back, THROTTLE_COUNTDOWN_MIN), _countdown_ceiling())
+
+
+def _countdown_ceiling() -> float:
+    """THROTTLE_COUNTDOWN_MAX, or a quarter of the Redis visibility_timeout."""
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
+    return min(THROTTLE_COUNTDOWN_MAX, options.get("visibility_timeout", 3600) / 4)
 
 
 def database_countdown(retries: int) -> float:

@@ -8,7 +8,10 @@ that no two workers ever read-modify-write it apart:
   holds every second, so a killed worker's slots free themselves within
   SLOT_TTL;
 - the sending rate: a GCRA token bucket (a theoretical arrival time), when a
-  rate is in force;
+  rate is in force, and the line of mails waiting for a turn under it. A
+  mail's place is its outbox id, so turns go roughly in the order mails were
+  written, whichever mail asks first: a mail that waited keeps its place
+  ahead of newer arrivals instead of drawing lots with them;
 - the limits learned from the relay, below MAILER_RELAY_MAX_CONNECTIONS and
   MAILER_RELAY_RATE: a throttle reply cuts them (multiplicative decrease),
   a run of accepted mails raises them again (additive increase), like
@@ -39,6 +42,8 @@ LIMITS_KEY = PREFIX + "limits"
 TAT_KEY = PREFIX + "tat"
 SENT_KEY = PREFIX + "sent"
 THROTTLING_KEY = PREFIX + "throttling"
+LINE_KEY = PREFIX + "line"  # mails waiting for a turn under the rate, by place
+LINE_SEEN_KEY = PREFIX + "line:seen"  # when each place is dropped unless asked
 
 SLOT_TTL = 10.0  # seconds a connection's hold lasts without renewal
 LEARNED_TTL = 600  # seconds a learned limit outlives the last throttle reply
@@ -49,6 +54,10 @@ OBSERVED_WINDOW = 10  # seconds of accepted mails the observed rate looks at
 # still go out and meet the relay's refusals; cutting on those undershoots.
 CUT_EVERY = 3.0
 MIN_RATE = 0.1  # mails per second: a learned rate never goes below this
+# Seconds a mail keeps its place in line without asking again: longer than
+# the longest countdown it is sent back with (attempts.THROTTLE_COUNTDOWN_MAX),
+# with room for a busy worker; a dead task's place then frees itself.
+LINE_HOLD = 20.0
 SOCKET_TIMEOUT = 0.5  # seconds: a frozen Redis must not stall a send
 UNAVAILABLE_FOR = 5.0  # seconds the budget is not asked after Redis failed
 
@@ -118,21 +127,55 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 """
 
-# KEYS: tat, limits. ARGV: ceiling rate (0: none), max wait in ms.
-# -> {reserved (1) or not (0), wait in ms}; a reservation needs no wait if
-# no rate is in force.
+# KEYS: tat, limits, line, seen. ARGV: ceiling rate (0: none), max wait in
+# ms, place ('' for none), hold ms.
+# -> {reserved (1) or not (0), wait in ms}: with a place, the wait of a mail
+# not reserved is until its own turn, after the places ahead of it in line;
+# a reservation needs no wait if no rate is in force.
 _RESERVE = """
 local rate = tonumber(ARGV[1])
 local learned = tonumber(redis.call('HGET', KEYS[2], 'rate'))
 if learned and (rate <= 0 or learned < rate) then rate = learned end
-if rate <= 0 then return {1, 0} end
+local place = ARGV[3]
+if rate <= 0 then
+  if place ~= '' then
+    redis.call('ZREM', KEYS[3], place)
+    redis.call('ZREM', KEYS[4], place)
+  end
+  return {1, 0}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if not tat or tat < now then tat = now end
 local wait = tat - now
-if wait > tonumber(ARGV[2]) then return {0, math.ceil(wait)} end
 local interval = 1000 / rate
+local max_wait = tonumber(ARGV[2])
+local ahead = 0
+if place ~= '' then
+  -- Places whose mail stopped asking (its task died, or went elsewhere) go.
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
+  for i = 1, #gone, 500 do
+    redis.call('ZREM', KEYS[3], unpack(gone, i, math.min(i + 499, #gone)))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  redis.call('ZADD', KEYS[3], tonumber(place), place)
+  ahead = redis.call('ZRANK', KEYS[3], place)
+end
+local turn = wait + ahead * interval
+if turn > max_wait then
+  if place ~= '' then
+    local hold = tonumber(ARGV[4])
+    redis.call('ZADD', KEYS[4], now + hold, place)
+    redis.call('PEXPIRE', KEYS[3], hold)
+    redis.call('PEXPIRE', KEYS[4], hold)
+  end
+  return {0, math.ceil(turn)}
+end
+if place ~= '' then
+  redis.call('ZREM', KEYS[3], place)
+  redis.call('ZREM', KEYS[4], place)
+end
 local keep = math.ceil(wait + interval) + 1000
 redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', keep)
 return {1, math.ceil(wait)}
@@ -346,19 +389,34 @@ def open_connections() -> int | None:
     return None if reply is None else int(reply)
 
 
-def reserve_send(*, max_wait: float) -> Turn:
+def reserve_send(*, max_wait: float, place: int | None = None) -> Turn:
     """Reserve the next send under the rate: when it may go.
 
     Reserved with a wait of at most `max_wait` seconds; else nothing is
-    reserved and `wait` says how far away the next turn is. Reserved at
+    reserved and `wait` says how far away the next turn is. With a `place`
+    (the mail's outbox id) the mail queues in the shared line: it is
+    reserved only if its own turn, after every lower place still waiting,
+    is within `max_wait`, and `wait` says when that turn is. Reserved at
     once when no rate is in force or the budget is unreachable.
     """
     ceiling = fixed_rate() or 0
-    reply = _run(_RESERVE, [TAT_KEY, LIMITS_KEY], ceiling, int(max_wait * 1000))
+    reply = _run(
+        _RESERVE,
+        [TAT_KEY, LIMITS_KEY, LINE_KEY, LINE_SEEN_KEY],
+        ceiling,
+        int(max_wait * 1000),
+        "" if place is None else str(int(place)),
+        int(LINE_HOLD * 1000),
+    )
     if reply is None:
         return Turn(reserved=True, wait=0.0)
     reserved, wait_ms = reply
     return Turn(reserved=bool(reserved), wait=int(wait_ms) / 1000)
+
+
+def waiting_in_line() -> int | None:
+    """Mails holding a place in line for a rate turn; None if unknown."""
+    return _call(lambda client: client.zcard(LINE_KEY))
 
 
 def note_accepted() -> Change | None:
@@ -416,7 +474,7 @@ def forget() -> None:
     """Drop every shared budget key and this process's view of them (tests)."""
     _call(lambda client: client.delete(SLOTS_KEY, OPEN_KEY, LIMITS_KEY, TAT_KEY))
     _call(lambda client: client.delete(SENT_KEY))
-    _call(lambda client: client.delete(THROTTLING_KEY))
+    _call(lambda client: client.delete(THROTTLING_KEY, LINE_KEY, LINE_SEEN_KEY))
     _state.reset()
     _seen.update(open_now=0, concurrency=0)
 

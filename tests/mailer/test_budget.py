@@ -177,6 +177,52 @@ def test_a_fixed_rate_spaces_the_sends_and_says_how_far_the_next_turn_is(
     assert not turns[3].reserved and 0.25 < turns[3].wait <= 0.31
 
 
+def test_a_mail_that_waited_takes_its_turn_before_newer_mails(shared, settings):
+    settings.MAILER_RELAY_RATE = "10"
+    for _ in range(3):  # turns at 0, 0.1 and 0.2 s go to mails without a place
+        assert budget.reserve_send(max_wait=0.25).reserved
+
+    newer = budget.reserve_send(max_wait=0.25, place=200)
+    older = budget.reserve_send(max_wait=0.25, place=100)
+    newer_again = budget.reserve_send(max_wait=0.25, place=200)
+    time.sleep(0.12)
+    newer_later = budget.reserve_send(max_wait=0.25, place=200)
+    older_later = budget.reserve_send(max_wait=0.25, place=100)
+
+    assert not newer.reserved and 0.28 <= newer.wait <= 0.32
+    # The older mail asks second, yet its turn is the next one, and the
+    # newer mail's turn moves behind it.
+    assert not older.reserved and 0.28 <= older.wait <= 0.32
+    assert not newer_again.reserved and 0.38 <= newer_again.wait <= 0.42
+    assert not newer_later.reserved
+    assert older_later.reserved
+    assert budget.waiting_in_line() == 1
+
+
+def test_a_place_not_asked_for_within_the_hold_frees_itself(
+    shared, settings, monkeypatch
+):
+    settings.MAILER_RELAY_RATE = "10"
+    monkeypatch.setattr(budget, "LINE_HOLD", 0.2)
+    assert budget.reserve_send(max_wait=0.1).reserved
+    assert budget.reserve_send(max_wait=0.1).reserved  # the window is full
+    assert not budget.reserve_send(max_wait=0.1, place=1).reserved
+
+    time.sleep(0.3)  # place 1's task died: it never asks again
+    # Behind place 1 its turn would be 0.1 s away, past this max_wait.
+    turn = budget.reserve_send(max_wait=0.05, place=2)
+
+    assert turn.reserved
+    assert budget.waiting_in_line() == 0
+
+
+def test_without_a_rate_in_force_a_mail_takes_no_place_in_line(shared):
+    turns = [budget.reserve_send(max_wait=0.1, place=n) for n in range(20)]
+
+    assert all(t.reserved and t.wait == 0 for t in turns)
+    assert budget.waiting_in_line() == 0
+
+
 def test_no_rate_in_force_means_no_wait(shared):
     turns = [budget.reserve_send(max_wait=0.1) for _ in range(50)]
 
