@@ -84,9 +84,9 @@ end
 return {0, count, limit}
 """
 
-# KEYS: slots, limits, open. ARGV: ceiling, ttl_ms, holder... (the caller's
-# open connections)
-# -> {connections open, allowed concurrency, learned rate or ''}
+# KEYS: slots, limits, open, line. ARGV: ceiling, ttl_ms, holder... (the
+# caller's open connections)
+# -> {connections open, allowed concurrency, learned rate or '', mails in line}
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -106,7 +106,7 @@ local limit = tonumber(ARGV[1])
 local learned = tonumber(redis.call('HGET', KEYS[2], 'concurrency'))
 if learned and learned < limit then limit = learned end
 local rate = redis.call('HGET', KEYS[2], 'rate') or ''
-return {redis.call('ZCARD', KEYS[3]), limit, rate}
+return {redis.call('ZCARD', KEYS[3]), limit, rate, redis.call('ZCARD', KEYS[4])}
 """
 
 # KEYS: slots, open. ARGV: holder, ttl_ms.
@@ -352,16 +352,25 @@ def acquire_slot(*, holder: str) -> bool | None:
     return bool(granted)
 
 
-def renew_slots(*, holders: list[str]) -> tuple[int, Limits] | None:
-    """Renew the holds of `holders`; return connections open and the limits."""
-    keys = [SLOTS_KEY, LIMITS_KEY, OPEN_KEY]
+@dataclass(frozen=True)
+class Budget:
+    """The shared budget as one renewal saw it."""
+
+    open_now: int  # connections of ours the relay greeted, across every worker
+    limits: Limits
+    waiting: int  # mails holding a place in line for a rate turn
+
+
+def renew_slots(*, holders: list[str]) -> Budget | None:
+    """Renew the holds of `holders`; return what the budget looks like now."""
+    keys = [SLOTS_KEY, LIMITS_KEY, OPEN_KEY, LINE_KEY]
     reply = _run(_RENEW, keys, max_connections(), _ttl(), *holders)
     if reply is None:
         return None
-    open_now, allowed, rate = reply
+    open_now, allowed, rate, waiting = reply
     limits = Limits(int(allowed), _ceiling_rate(_float(rate)))
     _seen.update(open_now=int(open_now), concurrency=limits.concurrency)
-    return int(open_now), limits
+    return Budget(int(open_now), limits, int(waiting))
 
 
 def mark_open(*, holder: str) -> None:
@@ -412,11 +421,6 @@ def reserve_send(*, max_wait: float, place: int | None = None) -> Turn:
         return Turn(reserved=True, wait=0.0)
     reserved, wait_ms = reply
     return Turn(reserved=bool(reserved), wait=int(wait_ms) / 1000)
-
-
-def waiting_in_line() -> int | None:
-    """Mails holding a place in line for a rate turn; None if unknown."""
-    return _call(lambda client: client.zcard(LINE_KEY))
 
 
 def note_accepted() -> Change | None:

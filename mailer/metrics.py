@@ -132,6 +132,11 @@ RELAY_OPEN_CONNECTIONS = Gauge(
     "SMTP connections to the relay open now, across every worker (the budget's count).",
     multiprocess_mode="livemostrecent",
 )
+RELAY_WAITING = Gauge(
+    "mailer_relay_waiting",
+    "Mails waiting in line for a turn under the relay's rate, across every worker.",
+    multiprocess_mode="livemostrecent",
+)
 
 
 def record_attempt(
@@ -205,12 +210,15 @@ def record_budget(
     concurrency: int,
     rate: float | None,
     open_connections: int | None = None,
+    waiting: int | None = None,
 ) -> None:
-    """Set the budget gauges: allowed connections and rate, connections open."""
+    """Set the budget gauges: limits, connections open, mails in line for a turn."""
     RELAY_ALLOWED_CONNECTIONS.set(concurrency)
     RELAY_ALLOWED_RATE.set(rate or 0)
     if open_connections is not None:
         RELAY_OPEN_CONNECTIONS.set(open_connections)
+    if waiting is not None:
+        RELAY_WAITING.set(waiting)
 
 
 def smtp_class_of(error: BaseException | None, code: int | None = None) -> str:

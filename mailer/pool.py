@@ -200,13 +200,13 @@ class Pool:
         seen = budget.renew_slots(holders=holders)
         if seen is None:
             return
-        open_now, limits = seen
         metrics.record_budget(
-            open_connections=open_now,
-            concurrency=limits.concurrency,
-            rate=limits.rate,
+            open_connections=seen.open_now,
+            concurrency=seen.limits.concurrency,
+            rate=seen.limits.rate,
+            waiting=seen.waiting,
         )
-        if open_now > limits.concurrency:
+        if seen.open_now > seen.limits.concurrency:
             self.close_all()  # over a learned limit: idle ones go first
 
     def _take_idle(self) -> Connection | None:

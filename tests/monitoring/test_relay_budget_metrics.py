@@ -1,11 +1,11 @@
-"""What the relay budget tells Prometheus: throttles by kind, limits, connections."""
+"""What the relay budget tells Prometheus: throttles, limits, connections, line."""
 
 import smtplib
 
 import pytest
 from prometheus_client import REGISTRY
 
-from mailer import attempts
+from mailer import attempts, budget
 from mailer.pool import Pool, pool
 from tests import services
 from tests.factories import DeliveryFactory
@@ -43,6 +43,10 @@ def test_the_reaper_reports_open_connections_and_the_limits_in_force(
     relay_budget, settings
 ):
     settings.MAILER_RELAY_RATE = "14"
+    while budget.reserve_send(max_wait=attempts.BUDGET_WAIT).reserved:
+        pass  # every turn of the next two seconds is taken
+    for place in (1, 2):  # two mails wait in line
+        budget.reserve_send(max_wait=attempts.BUDGET_WAIT, place=place)
     mine = Pool()
     held = [mine.checkout(wait=1) for _ in range(2)]
     try:
@@ -55,6 +59,7 @@ def test_the_reaper_reports_open_connections_and_the_limits_in_force(
     assert sample("mailer_relay_open_connections") == 2
     assert sample("mailer_relay_allowed_connections") == 8
     assert sample("mailer_relay_allowed_rate") == 14
+    assert sample("mailer_relay_waiting") == 2
 
 
 def test_a_budget_wait_is_counted_apart_from_the_relays_throttles(
