@@ -107,6 +107,8 @@ class Verdict:
     late: list[Late] = field(default_factory=list)
     paces: list[Pace] = field(default_factory=list)
     exits: list[str] = field(default_factory=list)  # processes that died alone
+    # Faults the injector could not apply: a run that skipped them proves less.
+    fault_errors: list[str] = field(default_factory=list)
 
     @property
     def exactly_once(self) -> int:
@@ -117,7 +119,12 @@ class Verdict:
     def ok(self) -> bool:
         outside = [d for d in self.duplicates if not d.in_window]
         return not (
-            self.missing or outside or self.unexpected or self.late or self.exits
+            self.missing
+            or outside
+            or self.unexpected
+            or self.late
+            or self.exits
+            or self.fault_errors
         )
 
 
@@ -128,11 +135,12 @@ def check(
     accepted: list[Accepted],
     faults: list[AppliedFault],
     exits: list[str] = (),
+    fault_errors: list[str] = (),
 ) -> Verdict:
     """Compare the relay's record with the registrations and the database.
 
-    `exits`: the processes that exited when no fault asked them to; any
-    fails the run.
+    `exits`: the processes that exited when no fault asked them to;
+    `fault_errors`: the faults that could not be applied. Any fails the run.
     """
     rows_by_email = {row.email.lower(): row for row in rows}
     answered = {r.email.lower(): r for r in registrations if r.status == 202}
@@ -152,6 +160,7 @@ def check(
         late=late_mails(committed, copies, faults),
         paces=paces(registrations, accepted, faults),
         exits=list(exits),
+        fault_errors=list(fault_errors),
     )
 
 
@@ -344,6 +353,9 @@ def late_mails(
 
     A mail lived through a fault that held at any moment between its commit
     and its first 250; with none, its bound is LATENESS_ALLOWANCE alone.
+    Faults that overlap (Redis down while the relay stalls and a worker is
+    frozen) are one fault from start to end: the mail could move during none
+    of it. Faults with a gap between them stay apart.
     """
     ended = [f for f in faults if f.started is not None and f.ended is not None]
     late = []
@@ -352,11 +364,22 @@ def late_mails(
             continue  # missing: counted there
         first = copies[email][0].at
         lived = [f for f in ended if f.started < first and f.ended > commit]
-        longest = max((f.ended - f.started for f in lived), default=0.0)
+        longest = max(_spells(lived), default=0.0)
         bound = longest + LATENESS_ALLOWANCE
         if first - commit > bound:
             late.append(Late(email, first - commit, bound, [f.number for f in lived]))
     return late
+
+
+def _spells(faults: list[AppliedFault]) -> list[float]:
+    """Seconds of each run of overlapping faults, in order of their start."""
+    spells: list[list[float]] = []
+    for fault in sorted(faults, key=lambda f: f.started):
+        if spells and fault.started <= spells[-1][1]:
+            spells[-1][1] = max(spells[-1][1], fault.ended)
+        else:
+            spells.append([fault.started, fault.ended])
+    return [end - start for start, end in spells]
 
 
 def paces(

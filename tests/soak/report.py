@@ -92,8 +92,9 @@ def render(facts: RunFacts, verdict: Verdict, faults: list[AppliedFault]) -> str
         "### Commit to 250 against the faults each mail lived through",
         "",
         "No mail's commit-to-250 may exceed the longest fault that held at any",
-        f"moment of it plus {LATENESS_ALLOWANCE:.0f} s; any that does fails the",
-        "run.",
+        f"moment of it plus {LATENESS_ALLOWANCE:.0f} s (faults that overlap count "
+        "as one, from the first start",
+        "to the last end); any that does fails the run.",
         "",
         *_late(verdict),
         "",
@@ -128,7 +129,7 @@ def _summary(facts: RunFacts, verdict: Verdict) -> list[str]:
         f"({len(outside)} outside the documented window), "
         f"{len(verdict.unexpected)} unexpected mails, {len(verdict.late)} later "
         f"than their faults allow; {len(facts.exits)} process(es) exited on "
-        "their own.",
+        f"their own; {len(verdict.fault_errors)} fault(s) could not be applied.",
         "",
         f"Seed **{facts.config.seed}** (replay: `SOAK_SEED={facts.config.seed} "
         f"SOAK_MINUTES={facts.config.minutes:g} make soak`).",

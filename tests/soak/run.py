@@ -126,6 +126,7 @@ def _run(config: SoakConfig, stack: SoakStack, database: SoakDatabase) -> SoakOu
         accepted=accepted,
         faults=injector.applied,
         exits=[f"{e.name} pid {e.pid}: {e.reason}" for e in supervisor.exits],
+        fault_errors=injector.errors,
     )
     facts = RunFacts(
         config=config,

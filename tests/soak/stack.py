@@ -42,7 +42,8 @@ PROJECT_PREFIXES = (
 class SoakWorker(WorkerProcess):
     """A Celery worker leading its own process group (killed as a group)."""
 
-    new_session = True
+    def __init__(self, **kwargs) -> None:
+        super().__init__(new_session=True, **kwargs)
 
 
 class SoakStack:

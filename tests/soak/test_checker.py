@@ -233,6 +233,21 @@ def test_a_mail_later_than_its_longest_fault_plus_30s_fails_the_run():
     ]
 
 
+def test_overlapping_faults_bound_a_mail_as_one_fault_and_a_gap_keeps_them_apart():
+    redis_down = fault(FaultKind.REDIS_DOWN, 10.0, 30.0)  # 20 s
+    relay_stall = fault(FaultKind.RELAY_STALL_SILENT, 25.0, 45.0)  # 20 s, overlapping
+    later = fault(FaultKind.RELAY_REFUSE, 50.0, 60.0)  # 10 s, after a gap
+    verdict = check(
+        registrations=[registration("within@x", 5.0), registration("beyond@x", 5.0)],
+        rows=[row("within@x"), row("beyond@x")],
+        # 60 s and 74 s through one spell of 35 s (10 to 45): its bound is 65 s.
+        accepted=[mail("within@x", 65.0), mail("beyond@x", 79.0)],
+        faults=[redis_down, relay_stall, later],
+    )
+
+    assert [(late.email, late.bound) for late in verdict.late] == [("beyond@x", 65.0)]
+
+
 def test_a_process_that_exited_on_its_own_fails_the_run():
     verdict = check(
         registrations=[registration("a@x", 1.0)],
@@ -240,6 +255,18 @@ def test_a_process_that_exited_on_its_own_fails_the_run():
         accepted=[mail("a@x", 1.5)],
         faults=[],
         exits=["worker0 pid 7: Unrecoverable error: AttributeError(...)"],
+    )
+
+    assert not verdict.ok
+
+
+def test_a_fault_that_could_not_be_applied_fails_the_run():
+    verdict = check(
+        registrations=[registration("a@x", 1.0)],
+        rows=[row("a@x")],
+        accepted=[mail("a@x", 1.5)],
+        faults=[],
+        fault_errors=["#5 worker-sigterm: ProcessLookupError(3, 'No such process')"],
     )
 
     assert not verdict.ok
@@ -272,3 +299,4 @@ def test_throttling_faults_report_the_pace_against_what_the_relay_allowed():
     ]
     assert [round(p.achieved, 1) for p in paces] == [4.5, 3.8]
     assert [round(p.share, 2) for p in paces] == [0.9, 0.95]
+

@@ -54,5 +54,6 @@ def test_short_soak_loses_no_mail_and_duplicates_only_in_the_window(tmp_path):
     assert [d.message_id for d in verdict.duplicates if not d.in_window] == [], report
     assert verdict.unexpected == [], report
     assert verdict.exits == [], report
+    assert verdict.fault_errors == [], report  # every fault really happened
     assert verdict.late == [], report
     assert verdict.ok
