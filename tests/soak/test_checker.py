@@ -299,4 +299,3 @@ def test_throttling_faults_report_the_pace_against_what_the_relay_allowed():
     ]
     assert [round(p.achieved, 1) for p in paces] == [4.5, 3.8]
     assert [round(p.share, 2) for p in paces] == [0.9, 0.95]
-
