@@ -122,8 +122,8 @@ goes to the stage of its innermost frame that a rule in bench/fig_stages.py
 names (Celery's event loop and pool only when no other rule does), "other"
 when none does. A stage's ms is its share of the samples of every timed run
 times the median CPU per mail (user + system, measured), so the rows add up
-to the whole; spread: the per-run values. $runs runs each, interleaved,
-after a warm-up run each.
+to the whole; spread: each run's share times the same median. $runs runs
+each, interleaved, after a warm-up run each.
 
 py-spy samples the threads that are on a CPU or ready for one: this project's
 samples covered $ours thread-seconds per second of CPU, post_office's
@@ -317,7 +317,7 @@ def measured(samples, rules, cpu_seconds: float, count: int) -> dict:
 
 def shares(runs: list[dict]) -> dict[str, dict]:
     """Per stage: ms per mail from every run's samples and the median whole
-    CPU (the rows add up to it), and the per-run values for the spread."""
+    CPU (the rows add up to it); its spread, each run's share of that CPU."""
     pooled = Counter()
     for one in runs:
         pooled.update(one["samples"])
@@ -326,7 +326,7 @@ def shares(runs: list[dict]) -> dict[str, dict]:
     found = {}
     for stage, *_ in STAGES:
         per_run = [
-            one["cpu_ms"] * one["samples"].get(stage, 0) / sum(one["samples"].values())
+            whole * one["samples"].get(stage, 0) / sum(one["samples"].values())
             for one in runs
         ]
         found[stage] = {
