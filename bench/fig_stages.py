@@ -91,7 +91,8 @@ STAGES = [
     ("consume", "Celery takes the message: Redis, decoding, the request, the "
      "pool", "the thread pool hands each mail to a thread"),
     ("claim", "the conditional UPDATE (with the user)", "the batch's SELECT"),
-    ("render", "the templates and the activation link", "in the request"),
+    ("render", "the templates, the activation link, the row's language read "
+     "back (PostgreSQL)", "in the request"),
     ("token", "signing the activation token", "in the request"),
     ("MIME", "the message and its bytes", "the same"),
     ("SMTP", "smtplib over a pooled connection, the fence",
@@ -129,7 +130,8 @@ py-spy samples the threads that are on a CPU or ready for one: this project's
 samples covered $ours thread-seconds per second of CPU, post_office's
 $theirs. Above 1, threads waited for one of the two cores, mostly right after
 waking another process (a socket send to the relay, Redis or the database),
-so SMTP and the round trips read high. With `--gil` (the issue's first
+so SMTP and the round trips read high; below 1, py-spy fell behind its rate
+on a busy machine. With `--gil` (the issue's first
 profile) it is the other way round: time without the GIL (socket calls)
 reads low and long stretches of Python (MIME) high.
 
