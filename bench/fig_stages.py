@@ -1,7 +1,7 @@
 """Figure: where each ms of one mail's sending goes, this project against post_office.
 
 py-spy samples one sending process while it drains a queued backlog to the
-0 ms relay (`record --nonblocking`: only threads on a CPU are sampled). Each
+0 ms relay (`record --nonblocking`: threads on a CPU or ready for one). Each
 sample goes to the stage of the innermost frame that a rule names (PROJECT,
 POST_OFFICE), "other" when none does. A stage's ms per mail is its share of
 the samples times the process's measured CPU per mail, so the stages add up
@@ -117,8 +117,9 @@ process drains a queued backlog of $count welcome mails to the 0 ms relay
 under `py-spy record --nonblocking --rate $rate`: this project's worker as the
 Procfile runs it (`--pool threads --concurrency 16`), started on an empty
 queue and then told to consume the backlog (its start-up is left out), and
-post_office's `send_queued_mail` (docs: 1 process, 5 threads; its median CPU
-on an empty queue and the samples of its start-up are left out). Each sample
+post_office's `send_queued_mail` (docs: 1 process, 5 threads; its CPU on an
+empty queue, the lower of two runs, and the samples of its start-up are left
+out). Each sample
 goes to the stage of its innermost frame that a rule in bench/fig_stages.py
 names (Celery's event loop and pool only when no other rule does), "other"
 when none does. A stage's ms is its share of the samples of every timed run
