@@ -20,6 +20,7 @@ FIGURES = [
     "registration",
     "latency",
     "throughput",
+    "stages",
     "faults",
     "resend",
     "results",

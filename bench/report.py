@@ -11,6 +11,9 @@ from pathlib import Path
 from bench.harness import table_rows
 from bench.processes import ROOT, procfile_command
 
+# Figures whose section the page shows after the targets, not with the others.
+NEAR_TOP = ("stages",)
+
 
 def machine(database, load, elapsed, command) -> str:
     cpu = next(
@@ -84,11 +87,15 @@ def write(path, *, sections, command, quick, database, load, elapsed) -> None:
         ]
         for t in targets
     ]
+    near_top = {name: sections[name][0] for name in NEAR_TOP if name in sections}
     page = string.Template((ROOT / "bench" / "report.md").read_text()).substitute(
         command=command,
         quick=" Quick mode: small counts, not for quoting." if quick else "",
         targets=table_rows(rows),
-        figures="\n".join(text for text, _ in sections.values()),
+        stages=near_top.get("stages", "## Where each ms goes\n\nnot run.\n"),
+        figures="\n".join(
+            text for name, (text, _) in sections.items() if name not in near_top
+        ),
         machine=machine(database, load, elapsed, command),
     )
     path.parent.mkdir(parents=True, exist_ok=True)

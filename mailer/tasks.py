@@ -73,12 +73,15 @@ def _log(request, delivery_id: int, outcome: attempts.Outcome, elapsed: float) -
         "smtp_code": outcome.code,
         "duration_ms": round(elapsed * 1000, 1),
     }
-    logger.info(
+    line = (
         "%(kind)s mail delivery=%(delivery)s task=%(task)s attempt=%(attempt)s "
-        "outcome=%(outcome)s smtp_code=%(smtp_code)s duration_ms=%(duration_ms)s",
-        fields,
-        extra={"mail": fields},
+        "outcome=%(outcome)s smtp_code=%(smtp_code)s duration_ms=%(duration_ms)s"
     )
+    countdown = getattr(outcome, "countdown", None)
+    if countdown is not None:  # Celery's own "Retry in" line is off (settings)
+        fields["retry_in_s"] = round(countdown, 1)
+        line += " retry_in_s=%(retry_in_s)s"
+    logger.info(line, fields, extra={"mail": fields})
 
 
 @shared_task(ignore_result=True)

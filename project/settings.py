@@ -385,6 +385,7 @@ METRICS_BASIC_AUTH = env.str("METRICS_BASIC_AUTH", default="")
 
 # --- Logging ----------------------------------------------------------------
 
+LOG_LEVEL = env.str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -394,8 +395,14 @@ LOGGING = {
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
     },
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Celery's INFO lines after each task ("... succeeded in 0.1s: 'sent'",
+        # "... retry: Retry in 30s"): each send attempt's own line
+        # (mailer.tasks) says the same, so a worker skips them (Celery looks
+        # at the level once, at start) unless LOG_LEVEL is DEBUG. Its failure
+        # lines (ERROR) and the "received" lines stay.
+        "celery.app.trace": {"level": "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"},
     },
 }

@@ -176,17 +176,19 @@ class Peers:
         for index in range(len(system.sender)):
             self.stack.stop(f"{name}{index}")
 
-    def run_command(self, system: System) -> tuple[float, float]:
+    def run_command(self, system: System, started=None) -> tuple[float, float]:
         """Run a command system to its end: (CPU seconds with its children,
-        when it started)."""
-        argv, started = [python(system.peer), *system.sender[0]], time.time()
+        when it started); `started(pid)` is called once it runs."""
+        argv, began = [python(system.peer), *system.sender[0]], time.time()
         with (self.stack.directory / f"{system.key}.log").open("ab") as log:
             process = subprocess.Popen(
                 argv, cwd=self.cwd(system), env=self.env(system), stdout=log,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
+        if started is not None:
+            started(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode:
             raise RuntimeError(f"{system.label}: {argv} exited {process.returncode}")
-        return usage.ru_utime + usage.ru_stime, started
+        return usage.ru_utime + usage.ru_stime, began

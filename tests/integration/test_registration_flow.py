@@ -116,3 +116,22 @@ def test_every_attempt_is_stored_as_a_task_result(client, smtp):
         result.task_kwargs or ""
     )
     assert str(delivery.pk) in result.task_args
+
+
+def test_the_worker_logs_each_attempt_once_and_celerys_receipt(
+    client, smtp, celery_worker
+):
+    register(client, "log@example.com")
+    delivery = wait_for_delivery(email="log@example.com", status="sent", timeout=20)
+
+    def logged() -> list[str]:
+        return [x for x in celery_worker.log().splitlines() if delivery.task_id in x]
+
+    lines = wait_until(lambda: len(logged()) >= 2 and logged(), timeout=5, what="log")
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        f"Task mailer.tasks.send_welcome_email[{delivery.task_id}] received",
+        f"welcome mail delivery={delivery.pk} task={delivery.task_id} attempt=1 "
+        f"outcome=sent smtp_code=250 duration_ms="
+        + lines[1].rsplit("duration_ms=", 1)[1],
+    ]
+    assert "succeeded in" not in celery_worker.log()

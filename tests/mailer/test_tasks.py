@@ -1,3 +1,4 @@
+import logging
 import re
 
 import pytest
@@ -60,6 +61,23 @@ def test_transient_failure_is_retried_then_sent(delivery, smtp, real_smtp, setti
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.SENT
     assert delivery.attempts == 3 and delivery.retries == 2
+
+
+def test_a_retry_is_logged_with_when_the_mail_comes_back(
+    delivery, smtp, real_smtp, settings, caplog
+):
+    settings.MAILER_RETRY_BACKOFF = 0.2
+    smtp.script.replies["ada@example.com"] = ["451 4.3.0 Try again later"]
+
+    with caplog.at_level(logging.INFO, logger="mailer.tasks"):
+        send_welcome_email.apply(args=(delivery.pk,))
+
+    retry, sent = [r for r in caplog.records if r.name == "mailer.tasks"]
+    assert "outcome=retry smtp_code=451" in retry.getMessage()
+    assert re.search(r" retry_in_s=0\.[12]$", retry.getMessage())
+    assert 0.1 <= retry.mail["retry_in_s"] <= 0.2
+    assert "outcome=sent" in sent.getMessage()
+    assert "retry_in_s" not in sent.getMessage()
 
 
 def test_permanent_failure_marks_failed_with_reason_and_no_retry(
