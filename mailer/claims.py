@@ -88,6 +88,7 @@ def _claim_returning(
         "retries": user.claimed_retries,
         "created_at": user.claimed_created_at,
         "message_id": user.claimed_message_id,
+        "language": user.claimed_language,
     }
     # from_db takes the loaded values in the model's field order.
     names = [f.attname for f in Delivery._meta.concrete_fields if f.attname in loaded]
@@ -116,7 +117,7 @@ def _claim_sql() -> str:
         f"RETURNING {user_columns}, d.kind AS claimed_kind, "
         "d.attempts AS claimed_attempts, d.retries AS claimed_retries, "
         "d.created_at AS claimed_created_at, "
-        "d.message_id AS claimed_message_id"
+        "d.message_id AS claimed_message_id, d.language AS claimed_language"
     )
 
 

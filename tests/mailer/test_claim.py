@@ -39,6 +39,18 @@ def test_claim_returns_the_row_with_its_user_and_marks_it_sending(delivery):
     assert delivery.lease_expires_at > delivery.updated_at
 
 
+def test_the_claimed_row_carries_what_rendering_reads_without_another_query(
+    django_assert_num_queries,
+):
+    delivery = DeliveryFactory(user__email="ana@example.com", language="es")
+    claimed = claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
+
+    with django_assert_num_queries(0):
+        read = (claimed.language, claimed.kind, claimed.message_id, claimed.user.email)
+
+    assert read == ("es", delivery.kind, delivery.message_id, "ana@example.com")
+
+
 def test_second_claim_of_one_row_gets_nothing(delivery):
     claims.claim_delivery(delivery_id=delivery.pk, task_id="first")
 
