@@ -355,14 +355,15 @@ def throttle_countdown(wait: float) -> float:
 
 
 def turn_countdown(wait: float) -> float:
-    """Seconds until a mail waiting in line comes back: shortly before its turn.
+    """Seconds until a mail waiting in line comes back: before its turn.
 
     `wait` is how far away its own turn is (mailer.budget.reserve_send): it
-    comes back when that turn is about half of BUDGET_WAIT away, so it is
-    there to take it, and asks again at least every THROTTLE_COUNTDOWN_MAX
-    seconds, keeping its place.
+    comes back when that turn is BUDGET_WAIT or a little more away, so it
+    is there to take it even if the rate rose meanwhile (a turn nobody is
+    there to take is lost), and asks again at least every
+    THROTTLE_COUNTDOWN_MAX seconds, keeping its place.
     """
-    back = (wait - BUDGET_WAIT / 2) * random.uniform(0.9, 1.0)
+    back = (wait - BUDGET_WAIT) * random.uniform(0.8, 1.0)
     return min(max(back, THROTTLE_COUNTDOWN_MIN), _countdown_ceiling())
 
 

@@ -266,7 +266,14 @@ else
   local last = tonumber(redis.call('HGET', KEYS[1], 'cut_rate'))
   local recent = last and now - last < tonumber(ARGV[8])
   local new
-  if accepted > 0 then
+  if not current and not last then
+    -- The first reply of an episode: watch what the relay accepts for one
+    -- CUT_EVERY instead of guessing a rate from the second or two so far
+    -- (a burst's first 250s came before any pacing, from every thread).
+    redis.call('HSET', KEYS[1], 'cut_rate', now)
+    recent = true
+    new = 1
+  elseif accepted > 0 then
     new = accepted / math.max(1, now / 1000 - oldest)
     -- Far above what the relay took: go there. Near it, a window that was
     -- not full reads low, so cut by a tenth to a fifth of the rate in force.
@@ -275,12 +282,6 @@ else
     end
   elseif current then
     new = current / 2
-  elseif not last then
-    -- The first reply of a burst, before any 250 was counted: watch what
-    -- the relay accepts for one CUT_EVERY instead of guessing a rate.
-    redis.call('HSET', KEYS[1], 'cut_rate', now)
-    recent = true
-    new = 1
   else
     new = 1
   end

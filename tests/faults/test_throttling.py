@@ -254,9 +254,10 @@ def test_relay_answering_454_above_a_fixed_rate_is_sent_at_80_percent_of_that_ra
         f"{SES_WINDOW:.0f} s",
     )
     if achieved < 0.8 * SES_RATE:
-        # Issue 18 stays open on this target: 85-87% in most runs with
-        # throttled mails in line, 77% once while other jobs loaded the
-        # machine. Loss, copies and retries above still fail the test.
+        # 85% in both runs since an episode's first reply watches before it
+        # cuts (77% in some runs before: a 250 or two in the burst's first
+        # second set 1/s, and the rate took 30 s to climb back). Loss,
+        # copies and retries above still fail the test.
         pytest.xfail(
             f"{achieved:.2f} mails/s over {SES_WINDOW:.0f} s, below 80% of the "
             f"{SES_RATE}/s the relay allows (throttled {sink.refused_mails} times)"

@@ -123,15 +123,27 @@ def test_a_run_of_accepted_mails_raises_concurrency_back_to_the_ceiling(shared):
     assert budget.current_limits() == budget.Limits(concurrency=3, rate=None)
 
 
-def test_a_rate_throttle_sets_the_rate_the_relay_accepted(shared):
+def test_a_rate_throttle_sets_the_rate_the_relay_accepted(shared, monkeypatch):
+    monkeypatch.setattr(budget, "CUT_EVERY", 0.0)
     for _ in range(20):
         budget.note_accepted()
+    budget.note_throttled(limit="rate", others_open=0)  # watches first
 
     change = budget.note_throttled(limit="rate", others_open=0)
 
     # 20 accepted within the last one or two seconds.
     assert change.changed
     assert 10 <= budget.current_limits().rate <= 20
+
+
+def test_the_first_rate_throttle_watches_even_after_a_few_250s(shared):
+    """A burst's first second says little: 1 mail in it must not set 1/s."""
+    budget.note_accepted()
+
+    first = budget.note_throttled(limit="rate", others_open=0)
+
+    assert first.started and not first.changed
+    assert budget.current_limits().rate is None
 
 
 def test_the_first_rate_throttle_watches_one_second_before_it_cuts(shared):

@@ -63,7 +63,8 @@ def test_a_throttling_failure_at_mail_from_hands_the_claimed_row_back_pending(
     assert_untouched_by_throttling(second)
     assert second.status == Delivery.Status.PENDING
     assert "Throttling failure" in second.last_error
-    assert budget.current_limits().rate is not None
+    # The episode's first reply watches what the relay accepts before it cuts.
+    assert budget.current_limits().rate is None
 
 
 def test_the_task_sends_a_throttled_mail_on_a_later_turn_without_a_retry(relay_budget):
@@ -116,7 +117,7 @@ def test_a_rate_turn_further_than_the_wait_requeues_until_just_before_it(
     assert outcome.reason == "relay budget: rate"
     # Its turn is 5 s away: back when that turn is within the budget's wait.
     turn_in = 5 - attempts.BUDGET_WAIT
-    assert turn_in <= outcome.countdown <= turn_in + attempts.BUDGET_WAIT / 2
+    assert turn_in * 0.8 - 0.05 <= outcome.countdown <= turn_in
     assert_untouched_by_throttling(second)
 
 
