@@ -16,10 +16,10 @@ its own stored result; what mails ready together share is:
 
 Messages go through Celery's default strategy (decoding, task-received,
 revocation, ETA, `task_reserved`), which hands each request here instead of
-to the pool. A request is flushed at once while fewer batches run than the
-pool has threads, so a mail arriving alone is sent alone, with no wait;
-under a backlog the requests that arrive while every thread is busy make
-the next batch (up to MAILER_BATCH_SIZE). Batches run on the threads pool
+to the pool. A request is flushed at once when no batch runs, so a mail
+arriving alone is sent alone, with no wait; while batches run, the next
+one starts on a free thread once it holds MAILER_BATCH_SIZE requests or
+its oldest has waited MAILER_BATCH_LINGER_MS. Batches run on the threads pool
 only; any other pool runs the per-mail path.
 
 Anything but a plain outcome (sent, skipped, suppressed) takes the per-mail
@@ -41,7 +41,7 @@ from celery.app.trace import trace_task_ret
 from celery.worker import strategy as celery_strategy
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, close_old_connections, connection, connections
 from django.db.models import Case, F, Value, When
 from django.db.models.functions import Now
 from django.db.models.sql import UpdateQuery
@@ -67,12 +67,17 @@ def batch_size() -> int:
     return settings.MAILER_BATCH_SIZE
 
 
+def batch_linger() -> float:
+    """Seconds a request may wait for a fuller batch while another batch runs."""
+    return settings.MAILER_BATCH_LINGER_MS / 1000
+
+
 def strategy(task, app, consumer, **kwargs):
     """The send tasks' Strategy: Celery's default, handing requests to a Batcher."""
     thread_pool = type(consumer.pool).__module__ == "celery.concurrency.thread"
     if batch_size() <= 1 or not thread_pool:
         return celery_strategy.default(task, app, consumer, **kwargs)
-    batcher = Batcher(app, consumer, size=batch_size())
+    batcher = Batcher(app, consumer, size=batch_size(), linger=batch_linger())
     return celery_strategy.default(task, app, _Handing(consumer, batcher), **kwargs)
 
 
@@ -96,32 +101,54 @@ class _Handing:
 class Batcher:
     """The requests of one worker's send tasks, grouped while its threads are busy.
 
-    Runs on the consumer's event loop, except `_run`, on a pool thread.
+    A batch starts at once when none runs (a mail arriving alone waits for
+    nothing); while one runs, the next starts on a free thread once it is
+    full or its oldest request has waited `linger` seconds. Runs on the
+    consumer's event loop, except `_run`, on a pool thread.
     """
 
-    def __init__(self, app, consumer, *, size: int) -> None:
+    def __init__(self, app, consumer, *, size: int, linger: float) -> None:
         self.app = app
         self.consumer = consumer
         self.size = size
+        self.linger = linger
         self.limit = consumer.pool.limit or 1
-        self.waiting: list = []
+        self.waiting: list[tuple[float, object]] = []
         self.running = 0
+        self.timer = None
 
     def add(self, request) -> None:
-        self.waiting.append(request)
+        self.waiting.append((time.monotonic(), request))
         self._pump()
 
     def _pump(self) -> None:
-        while self.waiting and self.running < self.limit:
+        while self.waiting and self.running < self.limit and self._due():
             batch, self.waiting = self.waiting[: self.size], self.waiting[self.size :]
             self.running += 1
-            self.consumer.pool.apply_async(self._run, args=(batch,))
+            requests = [request for _, request in batch]
+            self.consumer.pool.apply_async(self._run, args=(requests,))
+        if self.waiting and self.timer is None and self.running < self.limit:
+            wait = self.waiting[0][0] + self.linger - time.monotonic()
+            self.timer = self.consumer.timer.call_after(max(0.0, wait), self._wake)
+
+    def _due(self) -> bool:
+        oldest = self.waiting[0][0]
+        return (
+            self.running == 0
+            or len(self.waiting) >= self.size
+            or time.monotonic() - oldest >= self.linger
+        )
+
+    def _wake(self) -> None:
+        self.timer = None
+        self._pump()
 
     def _done(self) -> None:
         self.running -= 1
         self._pump()
 
     def _run(self, requests: list) -> None:
+        close_old_connections()  # as mailer.connections does around each task
         try:
             accepted = time.monotonic()
             for request in requests:
@@ -130,6 +157,9 @@ class Batcher:
             send_batch(self.app, requests)
         except BaseException:  # noqa: BLE001 - a pool thread must not die silently
             logger.exception("batch of %d send tasks failed", len(requests))
+            connections.close_all()
+        else:
+            close_old_connections()
         finally:
             self.consumer.call_soon(self._done)
 
