@@ -10,6 +10,9 @@ worker process at that moment, less its median CPU when started on an empty
 queue (measured to the same point after `ready`). Modes are interleaved, one
 warm-up run each first; every run checks that each mail reached the relay
 exactly once. PostgreSQL when BENCH_DATABASE_URL names a server, else SQLite.
+
+With `--rate 50` it measures latency instead: each worker started on an
+empty queue, mails queued at that steady rate, commit-to-250 per mail.
 """
 
 import argparse
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from bench.harness import RelayLog
 from bench.processes import Database, Stack, process_cpu_seconds, procfile_command
+from bench.stats import percentile
 from tests.support import wait_until
 
 IDLE_SETTLE = 1.0  # seconds after `ready` at which an idle worker's CPU is read
@@ -39,24 +43,29 @@ def worker_argv(*, concurrency: int, prefetch: int) -> list[str]:
     return [sys.executable, "-m", *argv]
 
 
-def modes(batch_size: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+def modes(batch_size: int, threads: list[int]) -> dict:
+    """Label to (worker argv, environment): the per-mail path, then batched."""
     procfile = procfile_command("worker")
-    threads = procfile[procfile.index("--concurrency") + 1]
-    prefetch = procfile[procfile.index("--prefetch-multiplier") + 1]
-    return {
-        f"per-mail, Procfile (threads {threads}, prefetch x{prefetch})": (
-            worker_argv(concurrency=int(threads), prefetch=int(prefetch)),
+    concurrency = int(procfile[procfile.index("--concurrency") + 1])
+    prefetch = int(procfile[procfile.index("--prefetch-multiplier") + 1])
+    chosen = {
+        f"per-mail, Procfile (threads {concurrency}, prefetch x{prefetch})": (
+            worker_argv(concurrency=concurrency, prefetch=prefetch),
             {},
         ),
         f"per-mail, threads 4, prefetch x{batch_size}": (
             worker_argv(concurrency=4, prefetch=batch_size),
             {},
         ),
-        f"batched {batch_size}, threads 4, prefetch x{batch_size}": (
-            worker_argv(concurrency=4, prefetch=batch_size),
-            {"MAILER_BATCH_SIZE": str(batch_size)},
-        ),
     }
+    for count in threads:
+        # Each thread may hold a full batch while the next one fills.
+        multiplier = batch_size * 2 // count + batch_size
+        chosen[f"batched {batch_size}, threads {count}, prefetch x{multiplier}"] = (
+            worker_argv(concurrency=count, prefetch=multiplier),
+            {"MAILER_BATCH_SIZE": str(batch_size)},
+        )
+    return chosen
 
 
 def start_worker(stack: Stack, argv: list[str], env: dict[str, str], name: str):
@@ -104,6 +113,22 @@ def one_run(stack, relay, argv, env, *, mails: int, serial: int) -> dict:
     return {"cpu": cpu, "elapsed": elapsed, "batches": batches}
 
 
+def latency_run(stack, relay, argv, env, *, mails: int, rate: float, serial: int):
+    name = f"worker-{serial}"
+    start_worker(stack, argv, env, name)
+    time.sleep(IDLE_SETTLE)
+    driver = [sys.executable, "-m", "bench.peers.driver", "--system", "project"]
+    driver += ["--count", str(mails), "--prefix", f"l{serial}x", "--rate", str(rate)]
+    out = subprocess.run(
+        driver, env=stack.env(), check=True, capture_output=True, text=True
+    ).stdout
+    began = json.loads(out)["began"]
+    accepted = relay.wait_for(list(began), timeout=120)
+    batches = [int(n) for n in _batch_sizes(stack.log(name))]
+    stack.stop(name)
+    return [accepted[e] - began[e] for e in began], batches
+
+
 def _batch_sizes(log: str) -> list[str]:
     return re.findall(r"batch of (\d+) send tasks", log)
 
@@ -113,19 +138,24 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rate", type=float, help="latency at this steady rate")
+    parser.add_argument("--threads", default="4", help="batched workers' threads")
     args = parser.parse_args()
 
     directory = Path(tempfile.mkdtemp(prefix="bench-batching-"))
     server = os.environ.get("BENCH_DATABASE_URL") or None
     database = Database(server_url=server, directory=directory).create()
     stack = Stack(directory=directory, database=database)
-    chosen = modes(args.batch_size)
+    chosen = modes(args.batch_size, [int(n) for n in args.threads.split(",")])
     serial = 0
     try:
         stack.start_redis()
         stack.start_relay(delay_ms=0)
         stack.migrate()
         relay = RelayLog(stack.relay_log)
+        if args.rate:
+            latencies(stack, relay, chosen, args)
+            return
         idle = {}
         for label, (argv, env) in chosen.items():
             samples = []
@@ -151,6 +181,35 @@ def main() -> None:
     finally:
         stack.stop_all()
         database.drop()
+
+
+def latencies(stack, relay, chosen, args) -> None:
+    serial = 100
+    found = {label: [] for label in chosen}
+    batches = {label: [] for label in chosen}
+    for warm in [True] + [False] * args.runs:
+        for label, (argv, env) in chosen.items():
+            serial += 1
+            values, sizes = latency_run(
+                stack, relay, argv, env, mails=args.mails, rate=args.rate, serial=serial
+            )
+            if not warm:
+                found[label].append(values)
+                batches[label] += sizes
+    print(f"\n{args.mails} mails at {args.rate:g}/s per run, {args.runs} runs")
+    print("| worker | commit-to-250 p50 ms | p99 ms | batch sizes |")
+    print("| --- | --- | --- | --- |")
+    for label, runs in found.items():
+        p50 = [percentile(v, 50) * 1000 for v in runs]
+        p99 = [percentile(v, 99) * 1000 for v in runs]
+        sizes = batches[label]
+        shown = (
+            f"{sizes.count(1)} of {len(sizes)} alone, max {max(sizes)}"
+            if sizes
+            else "-"
+        )
+        low, high = _spread(p50, "{:.1f}"), _spread(p99, "{:.1f}")
+        print(f"| {label} | {low} | {high} | {shown} |")
 
 
 def report(runs, idle, args, database) -> None:
