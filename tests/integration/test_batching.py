@@ -22,9 +22,10 @@ from celery_app import app
 from mailer.lifeline import EPOCH_KEY
 from mailer.models import Delivery
 from mailer.outbox import create_welcome_delivery
-from mailer.tasks import send_welcome_email
+from mailer.tasks import send_welcome_email, sweep_stale_deliveries
 from tests.conftest import worker_env
 from tests.factories import UserFactory
+from tests.integration.test_flower import LOGIN, FlowerProcess
 from tests.support import RedisServer, WorkerProcess, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -174,15 +175,35 @@ def test_a_backlog_is_sent_once_each_in_batches_with_a_result_and_events_per_tas
     assert redis.hlen("unacked") == 0 and redis.llen("celery") == 0
 
 
+@pytest.fixture
+def flower(broker):
+    """Flower on the test's Redis, with its API behind a login."""
+    flower = FlowerProcess(
+        worker_env(REDIS_URL=broker.url, FLOWER_BASIC_AUTH=LOGIN)
+    ).start()
+    yield flower
+    flower.stop()
+
+
 def test_a_refused_and_a_deferred_mail_in_a_batch_get_their_own_task_states(
-    broker, events, batching_worker, smtp
+    broker, events, batching_worker, flower, smtp
 ):
     smtp.script.replies = {
         "mixed3@example.com": ["550 5.1.1 No such user"],
         "mixed5@example.com": ["451 4.3.0 Try again later"],
     }
-    deliveries = queue_mails(broker, "mixed", 10)
     batching_worker.start()
+    # Flower only sees events sent after it connected: probe until it does.
+    with app.connection_for_write(broker.url) as connection:
+        producer = app.amqp.Producer(connection)
+
+        def sees_a_probe() -> bool:
+            probe = sweep_stale_deliveries.apply_async(producer=producer)
+            time.sleep(0.5)
+            return probe.id in flower.tasks()
+
+        wait_until(sees_a_probe, timeout=30, interval=0, what="Flower seeing tasks")
+    deliveries = queue_mails(broker, "mixed", 10)
     refused, deferred = deliveries[3], deliveries[5]
     others = [d for d in deliveries if d not in (refused, deferred)]
     wait_until(
@@ -215,6 +236,14 @@ def test_a_refused_and_a_deferred_mail_in_a_batch_get_their_own_task_states(
         assert len(smtp.mails_to(delivery.user.email)) == 1
         assert events.of(delivery.task_id)["task-succeeded"] == 1
 
+    expected = {d.task_id: "SUCCESS" for d in deliveries} | {refused.task_id: "FAILURE"}
+
+    def flower_states() -> dict:
+        tasks = flower.tasks()
+        return {t: tasks[t]["state"] for t in expected if t in tasks}
+
+    wait_until(lambda: flower_states() == expected, timeout=10, what="Flower's states")
+
 
 def test_a_mail_arriving_alone_is_sent_alone_at_once(
     broker, events, batching_worker, smtp
@@ -227,3 +256,63 @@ def test_a_mail_arriving_alone_is_sent_alone_at_once(
         assert time.monotonic() - published < 0.5
         time.sleep(0.2)
     assert batch_sizes(batching_worker) == [1] * 5
+
+
+def test_a_worker_killed_mid_batch_loses_no_mail_and_resends_only_unmarked_ones(
+    broker, smtp, tmp_path
+):
+    """The duplicate window is the batch's: mails the relay took, not yet marked.
+
+    The per-mail path marks each mail right after its 250; a batch marks
+    them together at its end, so a worker killed mid-batch leaves every
+    mail the relay already took in it to be sent again after the lease.
+    """
+    smtp.script.delay = 0.3  # each mail held after the relay took its data
+    env = worker_env(
+        REDIS_URL=broker.url,
+        MAILER_BATCH_SIZE="8",
+        CELERY_VISIBILITY_TIMEOUT="6",
+        MAILER_SEND_TIME_LIMIT="4",
+    )
+    victim = WorkerProcess(
+        env=env,
+        name="victim",
+        concurrency=2,
+        prefetch_multiplier=8,
+        log_path=tmp_path / "victim.log",
+    )
+    deliveries = queue_mails(broker, "killed", 12)
+    victim.start()
+    wait_until(lambda: len(smtp.received) >= 4, timeout=30, what="4 mails taken")
+    victim.kill()
+    killed_at = time.monotonic()
+    taken = {m.message["Message-ID"] for m in smtp.received}
+    rows = Delivery.objects.filter(pk__in=[d.pk for d in deliveries])
+    unmarked = {
+        d.message_id for d in rows if d.message_id in taken and d.status != "sent"
+    }
+    claimed = rows.filter(status="sending").count()
+
+    time.sleep(max(0.0, killed_at + 6.5 - time.monotonic()))  # visibility timeout
+    survivor = WorkerProcess(
+        env=env,
+        name="survivor",
+        concurrency=2,
+        prefetch_multiplier=8,
+        log_path=tmp_path / "survivor.log",
+    ).start()
+    try:
+        wait_until(lambda: all_settled(deliveries), timeout=60, what="every mail sent")
+        time.sleep(1)  # let any further copy surface
+    finally:
+        survivor.stop()
+
+    copies = Counter(m.message["Message-ID"] for m in smtp.received)
+    assert set(copies) == {d.message_id for d in rows}  # none lost
+    twice = {mid for mid, n in copies.items() if n > 1}
+    assert twice <= unmarked, (twice, unmarked)
+    assert max(copies.values()) <= 2
+    print(
+        f"killed mid-batch: {len(taken)} taken by the relay, {len(unmarked)} of them "
+        f"unmarked, {claimed} rows left sending; sent twice: {len(twice)}"
+    )
