@@ -43,7 +43,7 @@ def worker_argv(*, concurrency: int, prefetch: int) -> list[str]:
     return [sys.executable, "-m", *argv]
 
 
-def modes(batch_size: int, threads: list[int]) -> dict:
+def modes(batch_size: int, threads: list[int], linger: str | None) -> dict:
     """Label to (worker argv, environment): the per-mail path, then batched."""
     procfile = procfile_command("worker")
     concurrency = int(procfile[procfile.index("--concurrency") + 1])
@@ -63,7 +63,8 @@ def modes(batch_size: int, threads: list[int]) -> dict:
         multiplier = batch_size * 2 // count + batch_size
         chosen[f"batched {batch_size}, threads {count}, prefetch x{multiplier}"] = (
             worker_argv(concurrency=count, prefetch=multiplier),
-            {"MAILER_BATCH_SIZE": str(batch_size)},
+            {"MAILER_BATCH_SIZE": str(batch_size)}
+            | ({"MAILER_BATCH_LINGER_MS": linger} if linger is not None else {}),
         )
     return chosen
 
@@ -140,13 +141,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rate", type=float, help="latency at this steady rate")
     parser.add_argument("--threads", default="4", help="batched workers' threads")
+    parser.add_argument("--linger", help="MAILER_BATCH_LINGER_MS of batched workers")
     args = parser.parse_args()
 
     directory = Path(tempfile.mkdtemp(prefix="bench-batching-"))
     server = os.environ.get("BENCH_DATABASE_URL") or None
     database = Database(server_url=server, directory=directory).create()
     stack = Stack(directory=directory, database=database)
-    chosen = modes(args.batch_size, [int(n) for n in args.threads.split(",")])
+    threads = [int(n) for n in args.threads.split(",")]
+    chosen = modes(args.batch_size, threads, args.linger)
     serial = 0
     try:
         stack.start_redis()
