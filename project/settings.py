@@ -268,7 +268,7 @@ MAILER_SEND_TIME_LIMIT = env.float("MAILER_SEND_TIME_LIMIT", default=120.0)
 MAILER_BATCH_SIZE = env.int("MAILER_BATCH_SIZE", default=0)
 # Milliseconds a send task may wait for a fuller batch while another batch
 # runs; a task arriving while none runs starts at once.
-MAILER_BATCH_LINGER_MS = env.float("MAILER_BATCH_LINGER_MS", default=20.0)
+MAILER_BATCH_LINGER_MS = env.float("MAILER_BATCH_LINGER_MS", default=0.0)
 # Mails a person can trigger again and again: at most one per address per interval
 # (seconds), kept in the database so it holds even when Redis rate limits fail open.
 MAILER_NOTICE_INTERVAL = env.int("MAILER_NOTICE_INTERVAL", default=3600)
