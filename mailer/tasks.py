@@ -10,7 +10,7 @@ import time
 from celery import Task, shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
 
-from mailer import attempts, sweeper
+from mailer import attempts, batching, sweeper
 from mailer.pool import pool
 
 logger = logging.getLogger(__name__)
@@ -46,9 +46,13 @@ def send_account_mail(self: Task, delivery_id: int) -> str:
 
 def _send(task: Task, delivery_id: int) -> str:
     started = time.monotonic()
-    outcome = attempts.attempt_delivery(
-        delivery_id=delivery_id, task_id=task.request.id, retries=task.request.retries
-    )
+    outcome = batching.outcome_for(task.request.id)  # a batch ran this attempt
+    if outcome is None:
+        outcome = attempts.attempt_delivery(
+            delivery_id=delivery_id,
+            task_id=task.request.id,
+            retries=task.request.retries,
+        )
     _log(task.request, delivery_id, outcome, time.monotonic() - started)
     if isinstance(outcome, attempts.Throttled):
         raise task.retry(countdown=outcome.countdown, max_retries=None)

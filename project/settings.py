@@ -260,6 +260,15 @@ MAILER_RELAY_RATE = env.str("MAILER_RELAY_RATE", default="")
 # Hard limit on one send attempt: past it a worker stops renewing the
 # attempt's lease, so a hung attempt's row goes to another worker.
 MAILER_SEND_TIME_LIMIT = env.float("MAILER_SEND_TIME_LIMIT", default=120.0)
+# Up to this many send tasks that are ready together share one claim, SMTP
+# session, mark, result write and event publish (mailer/batching.py). Threads
+# pool only; 0 or 1 (the default) keeps the per-mail path. A spike (issue 20):
+# set --prefetch-multiplier so that concurrency x multiplier holds a batch
+# per thread.
+MAILER_BATCH_SIZE = env.int("MAILER_BATCH_SIZE", default=0)
+# Milliseconds a send task may wait for a fuller batch while another batch
+# runs; a task arriving while none runs starts at once.
+MAILER_BATCH_LINGER_MS = env.float("MAILER_BATCH_LINGER_MS", default=0.0)
 # Mails a person can trigger again and again: at most one per address per interval
 # (seconds), kept in the database so it holds even when Redis rate limits fail open.
 MAILER_NOTICE_INTERVAL = env.int("MAILER_NOTICE_INTERVAL", default=3600)
@@ -351,6 +360,14 @@ CELERY_TASK_TRACK_STARTED = False
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_TIME_LIMIT = MAILER_SEND_TIME_LIMIT
+if MAILER_BATCH_SIZE > 1:
+    CELERY_TASK_ANNOTATIONS = {
+        name: {"Strategy": "mailer.batching:strategy"}
+        for name in (
+            "mailer.tasks.send_welcome_email",
+            "mailer.tasks.send_account_mail",
+        )
+    }
 CELERY_TIMEZONE = TIME_ZONE
 # Celery's Django fixup closes every database connection before and after each
 # task unless this is set (celery/fixups/django.py); then it closes them every
