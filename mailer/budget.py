@@ -194,9 +194,11 @@ local r = tonumber(redis.call('HGET', KEYS[1], 'rate'))
 if not c and not r then return {0, '', ''} end
 local changed = 0
 -- One more connection after a run of as many mails as connections (at
--- least 10); a tenth more rate (at least 0.1/s) after a second's worth of
--- mails (at least 5), as Postfix's positive feedback. The next cut goes to
--- what the relay accepted, so an overshoot costs one refused mail, not pace.
+-- least 10); after a second's worth of mails (at least 5), a tenth more
+-- rate (at least 0.1/s), or half the way back to 0.9 of the rate the relay
+-- last refused if that is more, as Postfix's positive feedback: a cut that
+-- went too deep costs a few runs, not minutes. The next cut goes to what the
+-- relay accepted, so an overshoot costs one refused mail, not pace.
 if c then
   local run = redis.call('HINCRBY', KEYS[1], 'run', 1)
   if run >= math.max(10, c) then
@@ -214,10 +216,15 @@ if r then
   local run = redis.call('HINCRBY', KEYS[1], 'run_rate', 1)
   if run >= math.max(5, math.ceil(r)) then
     changed = 1
-    r = r + math.max(0.1, r / 10)
+    local step = math.max(0.1, r / 10)
+    local refused = tonumber(redis.call('HGET', KEYS[1], 'refused_rate'))
+    if refused and r < refused * 0.9 then
+      step = math.max(step, (refused * 0.9 - r) / 2)
+    end
+    r = r + step
     local ceiling = tonumber(ARGV[2])
     if ceiling > 0 and r >= ceiling then
-      redis.call('HDEL', KEYS[1], 'rate', 'run_rate')
+      redis.call('HDEL', KEYS[1], 'rate', 'run_rate', 'refused_rate')
       r = nil
     else
       redis.call('HSET', KEYS[1], 'rate', tostring(r), 'run_rate', 0)
@@ -275,10 +282,14 @@ else
     new = 1
   elseif accepted > 0 then
     new = accepted / math.max(1, now / 1000 - oldest)
-    -- Far above what the relay took: go there. Near it, a window that was
-    -- not full reads low, so cut by a tenth to a fifth of the rate in force.
+    -- What the relay took is at most what it allows, and reads low when we
+    -- sent less than we could (a window not full, a busy worker). Near the
+    -- rate in force, cut by a tenth to a fifth; far below it, halve: a
+    -- relay that really allows that little refuses again within CUT_EVERY.
     if current and new >= current * 0.5 then
       new = math.min(math.max(new, current * 0.8), current * 0.9)
+    elseif current then
+      new = current * 0.5
     end
   elseif current then
     new = current / 2
@@ -288,6 +299,12 @@ else
   new = math.max(tonumber(ARGV[5]), new)
   if (not current or new < current) and not recent then
     redis.call('HSET', KEYS[1], 'rate', tostring(new), 'cut_rate', now, 'run_rate', 0)
+    -- The rate the relay refused: the climb back aims just below it.
+    if current then
+      redis.call('HSET', KEYS[1], 'refused_rate', tostring(current))
+    else
+      redis.call('HDEL', KEYS[1], 'refused_rate')
+    end
     changed = 1
   end
 end
@@ -438,11 +455,11 @@ def note_throttled(*, limit: str, others_open: int) -> Change | None:
     """Cut the learned limit a throttle reply was about: "connections" or "rate".
 
     Connections go down to the ones of ours that were still open (at least
-    one); the rate to the rate the relay accepted over the last
-    OBSERVED_WINDOW seconds (what it allows): there, if that is below half
-    the rate in force, else to 0.8-0.9 of it; at most once per CUT_EVERY,
-    however many
-    replies arrive in that second.
+    one). The rate, at most once per CUT_EVERY however many replies arrive,
+    goes by what the relay accepted over the last OBSERVED_WINDOW seconds:
+    with no rate in force, to that; near the rate in force, to 0.8-0.9 of
+    it; far below it, to half of it (a reading that low may be ours, not
+    the relay's). The refused rate is kept: the climb back aims below it.
     """
     reply = _run(
         _THROTTLED,

@@ -76,6 +76,14 @@ def wait_all_sent(deliveries: list[Delivery], *, timeout: float) -> None:
     )
 
 
+def print_budget_changes(workers) -> None:
+    """The workers' throttle and learned-limit lines: shown when a test fails."""
+    for worker in workers:
+        for line in worker.log().splitlines():
+            if "relay budget" in line or "relay throttling" in line:
+                print(f"{worker.name}: {line[:160]}")
+
+
 def assert_each_once_no_retry_none_parked(smtp, deliveries) -> None:
     time.sleep(1)  # let any duplicate surface
     for delivery in deliveries:
@@ -137,6 +145,7 @@ def test_a_postfix_message_rate_delivers_a_burst_close_to_the_relays_floor(
     deliveries, started = send_burst(broker, "anvil")
     wait_all_sent(deliveries, timeout=120)
     elapsed = time.monotonic() - started
+    print_budget_changes(workers)
 
     assert_each_once_no_retry_none_parked(smtp, deliveries)
     floor = BURST / 2  # the relay's own rate, 2 mails a second

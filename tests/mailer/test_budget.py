@@ -176,6 +176,54 @@ def test_a_throttle_below_a_learned_rate_halves_it(shared, monkeypatch):
     assert budget.current_limits().rate == 0.25
 
 
+def learn_rate(rate: float) -> None:
+    """A rate learned earlier in the episode, as the scripts store it."""
+    budget._client().hset(budget.LIMITS_KEY, mapping={"rate": str(rate)})
+
+
+def test_one_cut_at_most_halves_the_rate_in_force(shared, monkeypatch):
+    """A few 250s in a window we did not fill read low: no cut to them at once."""
+    monkeypatch.setattr(budget, "CUT_EVERY", 0.0)
+    for _ in range(3):
+        budget.note_accepted()
+    learn_rate(20)
+
+    change = budget.note_throttled(limit="rate", others_open=0)
+
+    assert change.changed
+    assert budget.current_limits().rate == 10
+
+
+def test_after_a_cut_the_rate_climbs_back_toward_the_refused_one_in_few_runs(
+    shared, monkeypatch
+):
+    monkeypatch.setattr(budget, "CUT_EVERY", 0.0)
+    learn_rate(20)
+    budget.note_throttled(limit="rate", others_open=0)  # nothing accepted: 10/s
+
+    for _ in range(10):  # a run of a second's worth at 10/s
+        budget.note_accepted()
+
+    # Half the way back to 0.9 of the refused 20/s, not a tenth more.
+    assert budget.current_limits().rate == pytest.approx(14)
+
+
+def test_above_nine_tenths_of_the_refused_rate_it_climbs_a_tenth_a_run(
+    shared, monkeypatch
+):
+    monkeypatch.setattr(budget, "CUT_EVERY", 0.0)
+    for _ in range(200):  # far more than 10/s: a cut to 0.9 of 20/s
+        budget.note_accepted()
+    learn_rate(20)
+    budget.note_throttled(limit="rate", others_open=0)
+    assert budget.current_limits().rate == pytest.approx(18)
+
+    for _ in range(18):
+        budget.note_accepted()
+
+    assert budget.current_limits().rate == pytest.approx(19.8)
+
+
 def test_a_fixed_rate_spaces_the_sends_and_says_how_far_the_next_turn_is(
     shared, settings
 ):
