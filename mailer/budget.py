@@ -44,6 +44,7 @@ SENT_KEY = PREFIX + "sent"
 THROTTLING_KEY = PREFIX + "throttling"
 LINE_KEY = PREFIX + "line"  # mails waiting for a turn under the rate, by place
 LINE_SEEN_KEY = PREFIX + "line:seen"  # when each place is dropped unless asked
+WANTED_KEY = PREFIX + "wanted"  # set while a slot was asked for and none was free
 
 SLOT_TTL = 10.0  # seconds a connection's hold lasts without renewal
 LEARNED_TTL = 600  # seconds a learned limit outlives the last throttle reply
@@ -58,11 +59,15 @@ MIN_RATE = 0.1  # mails per second: a learned rate never goes below this
 # the longest countdown it is sent back with (attempts.THROTTLE_COUNTDOWN_MAX),
 # with room for a busy worker; a dead task's place then frees itself.
 LINE_HOLD = 20.0
+# Seconds a refused slot request stays a want that other processes' idle
+# connections yield to: longer than a reaper round (mailer.pool.REAP_EVERY).
+WANTED_FOR = 1.5
 SOCKET_TIMEOUT = 0.5  # seconds: a frozen Redis must not stall a send
 UNAVAILABLE_FOR = 5.0  # seconds the budget is not asked after Redis failed
 
-# KEYS: slots, limits. ARGV: holder, ceiling, ttl_ms.
-# -> {granted (0/1), connections open, allowed concurrency}
+# KEYS: slots, limits, wanted. ARGV: holder, ceiling, ttl_ms, wanted_ms.
+# -> {granted (0/1), connections open, allowed concurrency}; a refusal
+# leaves a want that idle connections elsewhere yield to.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -81,12 +86,14 @@ if count < limit then
   redis.call('PEXPIRE', KEYS[1], ttl)
   return {1, count + 1, limit}
 end
+redis.call('SET', KEYS[3], '1', 'PX', tonumber(ARGV[4]))
 return {0, count, limit}
 """
 
-# KEYS: slots, limits, open, line. ARGV: ceiling, ttl_ms, holder... (the
-# caller's open connections)
-# -> {connections open, allowed concurrency, learned rate or '', mails in line}
+# KEYS: slots, limits, open, line, wanted. ARGV: ceiling, ttl_ms, holder...
+# (the caller's open connections)
+# -> {connections open, allowed concurrency, learned rate or '', mails in line,
+#     a slot wanted (0/1)}
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -106,7 +113,8 @@ local limit = tonumber(ARGV[1])
 local learned = tonumber(redis.call('HGET', KEYS[2], 'concurrency'))
 if learned and learned < limit then limit = learned end
 local rate = redis.call('HGET', KEYS[2], 'rate') or ''
-return {redis.call('ZCARD', KEYS[3]), limit, rate, redis.call('ZCARD', KEYS[4])}
+return {redis.call('ZCARD', KEYS[3]), limit, rate, redis.call('ZCARD', KEYS[4]),
+  redis.call('EXISTS', KEYS[5])}
 """
 
 # KEYS: slots, open. ARGV: holder, ttl_ms.
@@ -362,7 +370,14 @@ def fixed_rate() -> float | None:
 
 def acquire_slot(*, holder: str) -> bool | None:
     """Take one connection slot for `holder`; None when the budget is unreachable."""
-    reply = _run(_ACQUIRE, [SLOTS_KEY, LIMITS_KEY], holder, max_connections(), _ttl())
+    reply = _run(
+        _ACQUIRE,
+        [SLOTS_KEY, LIMITS_KEY, WANTED_KEY],
+        holder,
+        max_connections(),
+        _ttl(),
+        int(WANTED_FOR * 1000),
+    )
     if reply is None:
         return None
     granted, open_now, allowed = reply
@@ -377,18 +392,19 @@ class Budget:
     open_now: int  # connections of ours the relay greeted, across every worker
     limits: Limits
     waiting: int  # mails holding a place in line for a rate turn
+    wanted: bool = False  # a slot was refused within WANTED_FOR: idle ones yield
 
 
 def renew_slots(*, holders: list[str]) -> Budget | None:
     """Renew the holds of `holders`; return what the budget looks like now."""
-    keys = [SLOTS_KEY, LIMITS_KEY, OPEN_KEY, LINE_KEY]
+    keys = [SLOTS_KEY, LIMITS_KEY, OPEN_KEY, LINE_KEY, WANTED_KEY]
     reply = _run(_RENEW, keys, max_connections(), _ttl(), *holders)
     if reply is None:
         return None
-    open_now, allowed, rate, waiting = reply
+    open_now, allowed, rate, waiting, wanted = reply
     limits = Limits(int(allowed), _ceiling_rate(_float(rate)))
     _seen.update(open_now=int(open_now), concurrency=limits.concurrency)
-    return Budget(int(open_now), limits, int(waiting))
+    return Budget(int(open_now), limits, int(waiting), bool(wanted))
 
 
 def mark_open(*, holder: str) -> None:
@@ -496,7 +512,11 @@ def forget() -> None:
     """Drop every shared budget key and this process's view of them (tests)."""
     _call(lambda client: client.delete(SLOTS_KEY, OPEN_KEY, LIMITS_KEY, TAT_KEY))
     _call(lambda client: client.delete(SENT_KEY))
-    _call(lambda client: client.delete(THROTTLING_KEY, LINE_KEY, LINE_SEEN_KEY))
+    _call(
+        lambda client: client.delete(
+            THROTTLING_KEY, LINE_KEY, LINE_SEEN_KEY, WANTED_KEY
+        )
+    )
     _state.reset()
     _seen.update(open_now=0, concurrency=0)
 

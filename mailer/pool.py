@@ -6,7 +6,10 @@ every worker process and thread together never open more than
 MAILER_RELAY_MAX_CONNECTIONS, or the concurrency learned from the relay. A
 reaper thread renews the slots of open connections every second and says
 QUIT to any idle for IDLE_CLOSE_AFTER: an idle pool never holds a relay's
-slots while nothing is sent. `close_all` ends every one at shutdown.
+slots while nothing is sent. When another process was refused a slot, it
+says QUIT sooner, to any idle for IDLE_YIELD_AFTER: one worker's idle
+connections never keep another's threads waiting on a connection cap.
+`close_all` ends every one at shutdown.
 """
 
 import logging
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 IDLE_CHECK_AFTER = 2.0  # seconds idle before a NOOP checks the line
 IDLE_CLOSE_AFTER = 5.0  # seconds idle before the connection is closed
+IDLE_YIELD_AFTER = 0.2  # seconds idle before it is closed for a process that waits
 REAP_EVERY = 1.0  # seconds between the reaper's rounds
 POLL = 0.1  # seconds between tries for a slot while every one is taken
 LOCAL = "local"  # a connection on this process's own cap: the budget was away
@@ -208,6 +212,8 @@ class Pool:
         )
         if seen.open_now > seen.limits.concurrency:
             self.close_all()  # over a learned limit: idle ones go first
+        elif seen.wanted:
+            self.close_idle(older_than=IDLE_YIELD_AFTER)
 
     def _take_idle(self) -> Connection | None:
         with self.lock:

@@ -132,6 +132,43 @@ def test_a_connection_checked_in_frees_a_waiting_thread(shared):
         shared.checkin(conn)
 
 
+def test_idle_connections_give_their_slots_to_another_process_waiting_for_one(
+    shared, smtp
+):
+    """Another worker process (its own pool) wants a slot: idle ones here yield.
+
+    Without that, the other process's threads wait out IDLE_CLOSE_AFTER while
+    this one's connections sit idle on every slot.
+    """
+    other = Pool()
+    try:
+        held = [shared.checkout(wait=1) for _ in range(3)]
+        for conn in held:
+            shared.checkin(conn)  # pooled, idle, on every slot
+        with pytest.raises(NoBudget):
+            other.checkout(wait=0.2)
+
+        time.sleep(pool_module.IDLE_YIELD_AFTER)
+        shared.reap()  # the reaper's next round
+
+        assert shared.open_count() == 0
+        with other.connection(wait=1) as conn:
+            conn.send(mail("waited@example.com"))
+        assert len(smtp.received) == 1
+    finally:
+        other.stop()
+
+
+def test_idle_connections_stay_pooled_while_nobody_else_waits(shared, smtp):
+    held = [shared.checkout(wait=1) for _ in range(3)]
+    for conn in held:
+        shared.checkin(conn)
+
+    shared.reap()
+
+    assert shared.open_count() == 3
+
+
 def test_idle_connections_above_a_learned_limit_close(shared, smtp):
     held = [shared.checkout(wait=1) for _ in range(3)]
     for conn in held:
