@@ -18,8 +18,12 @@ from bench.processes import procfile_command
 from tests.support import wait_until
 
 # The project with its recovery delays shortened (documented settings): a
-# lease of 5 s, a sweep every second, retries after 1-2 s.
+# worker's hold on a row of 3 s renewed every second (a received message's
+# lease is MAILER_LEASE, not MAILER_STALE_AFTER), a backstop of 5 s, a sweep
+# every second, retries after 1-2 s.
 FAST = {
+    "MAILER_LEASE": "3",
+    "MAILER_HEARTBEAT_INTERVAL": "1",
     "MAILER_STALE_AFTER": "5",
     "MAILER_SWEEP_INTERVAL": "1",
     "MAILER_RETRY_BACKOFF": "1",
