@@ -41,12 +41,11 @@ django-mailer's loop holds its lock file (`MAILER_LOCK_PATH` + ".lock") while
 `send_all()` runs, which runmailer_pg's beat starts every
 `MAILER_EMPTY_QUEUE_SLEEP` (0.1 s here). SIGTERM ends the loop without
 releasing it, and a loop started on that file sends nothing ("lock already in
-place. quitting."). Stopping the loop between runs left its lock behind
-$stale_locks; the bench deletes a lock a stopped loop left before the next
-start (bench/peers/systems.py), as whoever restarts the loop must ("Faults"
-shows what happens when nobody does). A system that leaves mails unsent
-within a run's limit (120 s, or 1 s per mail) is not measured further:
-$unsent.
+place. quitting."). So the bench deletes a lock a stopped loop left before the
+next start (bench/peers/systems.py), as whoever restarts the loop must
+("Faults" shows what happens when nobody does); locks the stops between runs
+left: $stale_locks. A system that leaves mails unsent within a run's limit
+(120 s, or 1 s per mail) is not measured further: $unsent.
 
 | system | relay | mails/s | queue CPU ms | send CPU ms | SMTP conns | renders |
 | --- | --- | --- | --- | --- | --- | --- |
@@ -251,7 +250,7 @@ def section(data) -> tuple[str, list[Target]]:
         TEXT,
         runs=data["runs"],
         startup=data["startup"],
-        stale_locks=f"{sum(data['stale_locks'].values())} times",
+        stale_locks=sum(data["stale_locks"].values()),
         unsent=", ".join(unsent) or "none did",
         rows=table_rows(lines),
         floor_count=floor_["count"],
