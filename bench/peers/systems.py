@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from bench.processes import ROOT, Stack, procfile_command, worker_processes
 from tests.support import wait_until
@@ -100,6 +102,7 @@ class Peers:
         self.stack = stack
         self.databases: dict[str, str] = {}
         self.redis_db: dict[str, int] = {}
+        self.stale_locks: Counter = Counter()  # system label -> locks cleared
 
     def env(self, system: System, **extra: str) -> dict[str, str]:
         if system.peer is None:
@@ -110,12 +113,16 @@ class Peers:
             BENCH_TUNED="1" if system.tuned else "0",
             DATABASE_URL=self.databases[system.key],
             REDIS_URL=f"{self.stack.redis_url(self.redis_db[system.key])}",
-            BENCH_LOCK=str(self.stack.directory / f"{system.key}-lock"),
+            BENCH_LOCK=str(self.lock(system)),
             **system.env,
             **extra,
         )
         env.pop("PYTHONPATH")
         return env
+
+    def lock(self, system: System) -> Path:
+        """The peer's lock file path (django-mailer adds ".lock" to it)."""
+        return self.stack.directory / f"{system.key}-lock"
 
     def cwd(self, system: System):
         return ROOT if system.peer is None else VENVS / system.peer
@@ -175,6 +182,21 @@ class Peers:
     def stop(self, system: System, name: str) -> None:
         for index in range(len(system.sender)):
             self.stack.stop(f"{name}{index}")
+        self.clear_stale_lock(system)
+
+    def clear_stale_lock(self, system: System) -> None:
+        """Delete the lock file a stopped django-mailer loop left behind.
+
+        runmailer_pg's beat runs send_all() every MAILER_EMPTY_QUEUE_SLEEP, and
+        send_all() holds MAILER_LOCK_PATH + ".lock" while it runs; SIGTERM ends
+        the process without releasing it, and a loop started on it only logs
+        "lock already in place. quitting." (the Faults figure shows that).
+        The process is gone, so the lock is stale; counted for the figures.
+        """
+        left = self.lock(system).with_name(self.lock(system).name + ".lock")
+        if system.kind == "loop" and left.exists():
+            left.unlink()
+            self.stale_locks[system.label] += 1
 
     def run_command(self, system: System, started=None) -> tuple[float, float]:
         """Run a command system to its end: (CPU seconds with its children,
