@@ -46,7 +46,7 @@ LINE_KEY = PREFIX + "line"  # mails waiting for a turn under the rate, by place
 LINE_SEEN_KEY = PREFIX + "line:seen"  # when each place is dropped unless asked
 WANTED_KEY = PREFIX + "wanted"  # set while a slot was asked for and none was free
 
-SLOT_TTL = 10.0  # seconds a connection's hold lasts without renewal
+SLOT_TTL = 5.0  # seconds a connection's hold lasts without renewal: 5 reaper rounds
 LEARNED_TTL = 600  # seconds a learned limit outlives the last throttle reply
 THROTTLING_QUIET = 60  # seconds without a throttle reply that end an episode
 OBSERVED_WINDOW = 10  # seconds of accepted mails the observed rate looks at
