@@ -106,7 +106,7 @@ Outcome = Sent | Skipped | Parked | Throttled | RetryAfter | Failed | Suppressed
 def attempt_delivery(*, delivery_id: int, task_id: str, retries: int) -> Outcome:
     """Claim, send and record one delivery; `retries` are the task's own."""
     try:
-        if relay.relay_is_down():
+        if relay.relay_is_down(delivery_id):
             return _counted(_park(delivery_id, None, None, "relay down"))
     except DatabaseError as error:
         return _database_retry(error, retries)

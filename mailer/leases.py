@@ -73,6 +73,20 @@ def make_queued_due() -> int:
     ).update(lease_expires_at=Now())
 
 
+def release_oldest_parked() -> int | None:
+    """Make the oldest row parked for the relay due now; return its id, if any."""
+    parked = Delivery.objects.filter(
+        status=Delivery.Status.PENDING, waiting_for_relay=True
+    )
+    for delivery_id in parked.order_by("pk").values_list("pk", flat=True)[:3]:
+        # Another process may release it first: then try the next one.
+        if parked.filter(pk=delivery_id).update(
+            waiting_for_relay=False, lease_expires_at=Now()
+        ):
+            return delivery_id
+    return None
+
+
 def release_parked() -> int:
     """Make every row parked for the relay due now; return how many."""
     return Delivery.objects.filter(

@@ -106,6 +106,9 @@ class RelayState(models.Model):
     # Outages since the last delivered mail: a relay that goes down again
     # right after each probe is probed less and less often.
     outages = models.PositiveIntegerField(default=0)
+    # The parked mail the last answered probe let through while the relay
+    # is still down (mailer/relay.py: a probe cannot test DATA).
+    trial_delivery_id = models.BigIntegerField(null=True, blank=True)
 
     def __str__(self) -> str:
         return "relay down" if self.down_since else "relay up"

@@ -6,8 +6,16 @@ marks the relay down in the `RelayState` row; from then on, sends are parked
 without a connection and without spending their retries, and one worker at
 a time probes the relay (connect, EHLO, MAIL FROM, RCPT TO). A relay that
 throttles (mailer/budget.py) answers: it is never marked down, and a probe
-it throttles counts as an answer. The first sign that it is back, a probe or a mail
-accepted, releases every parked mail at once.
+it throttles counts as an answer.
+
+A probe cannot send DATA, and a relay that answers it may still drop every
+connection after the data (a full disk, a crashing content filter). So a
+probe that is answered lets one parked mail through, the oldest, as a
+trial, and the relay stays down for the rest. A mail accepted, the trial
+or any other, releases every parked mail at once. A trial that fails
+again costs one attempt, not one per parked mail (each of which, dropped
+after DATA, might have reached the relay: a possible duplicate), and it
+is not a new outage, so the next probe comes at the same interval.
 """
 
 import logging
@@ -43,11 +51,17 @@ class _Belief:
 _belief = _Belief()
 
 
-def relay_is_down() -> bool:
-    """Whether sends should be parked; asks the database only while down."""
+def relay_is_down(delivery_id: int | None = None) -> bool:
+    """Whether a send should be parked; asks the database only while down.
+
+    The trial mail a probe let through (`delivery_id` is its row) goes on.
+    """
     if not _belief.down:
         return False
-    return refresh() is not None
+    state = refresh()
+    if state is None:
+        return False
+    return delivery_id is None or state.trial_delivery_id != delivery_id
 
 
 def refresh() -> RelayState | None:
@@ -100,7 +114,7 @@ def note_up(*, sign: str) -> int:
     with transaction.atomic():  # a crash in between must not strand parked mails
         cleared = state is not None and bool(
             RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).update(
-                down_since=None, reason="", probe_due_at=None
+                down_since=None, reason="", probe_due_at=None, trial_delivery_id=None
             )
         )
         released = leases.release_parked()
@@ -115,6 +129,30 @@ def note_up(*, sign: str) -> int:
     if released:
         sweeper.sweep_stale_deliveries()
     return released
+
+
+def note_answered(*, sign: str) -> int | None:
+    """The relay answered a probe: let one parked mail through as a trial.
+
+    Returns the trial's row, or None when nothing was parked and the relay
+    is simply marked up. The oldest parked row goes first, so a relay that
+    keeps dropping mails after DATA is tried with the same mail each time.
+    """
+    trial = leases.release_oldest_parked()
+    if trial is None:
+        note_up(sign=sign)
+        return None
+    RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).update(
+        trial_delivery_id=trial
+    )
+    logger.warning(
+        "relay answers (%s): delivery %s goes first as a trial; "
+        "the other parked mails follow once the relay accepts a mail",
+        sign,
+        trial,
+    )
+    sweeper.sweep_stale_deliveries()
+    return trial
 
 
 def forget_outages() -> None:
@@ -147,7 +185,7 @@ def take_probe(state: RelayState) -> bool:
 
 
 def probe() -> bool:
-    """Probe the relay; when it answers, mark it up and release the parked mails."""
+    """Probe the relay; when it answers, let a trial mail through (note_answered)."""
     sender = parseaddr(settings.DEFAULT_FROM_EMAIL)[1]
     recipient = f"postmaster@{sender.rpartition('@')[2] or 'localhost'}"
     try:
@@ -159,7 +197,7 @@ def probe() -> bool:
         if not classify_smtp_error(error).throttled:
             logger.info("relay probe failed: %s", error or type(error).__name__)
             return False
-        note_up(sign="probe throttled: the relay answers")
+        note_answered(sign="probe throttled")
         return True
-    note_up(sign="probe answered")
+    note_answered(sign="probe answered")
     return True

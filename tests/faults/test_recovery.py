@@ -367,3 +367,51 @@ def test_relay_outage_parks_mails_without_spending_retries_and_they_go_out_withi
         duplicates=sum(copies(smtp, emails)) - 5,
         recovery=took,
     )
+
+
+def test_relay_dropping_every_mail_after_data_gets_one_trial_mail_per_probe(
+    default_stack, record
+):
+    """A relay that answers every probe (no DATA) and cuts every connection
+    after the data: each probe lets one parked mail through, not all of
+    them, and the probes do not slow down; once the relay takes mail again,
+    every mail is sent within 15 s, once."""
+    default_stack.start_web()
+    worker = default_stack.start_worker()
+    smtp = default_stack.start_smtp().handler
+    smtp.script.drop_after_data = True
+    emails = [f"dropped{n}@example.com" for n in range(10)]
+    register_all(default_stack, emails)
+
+    def trials() -> int:
+        return worker.log().count("goes first as a trial")
+
+    wait_until(lambda: trials() >= 3, timeout=40, what="three trial mails")
+    tried = smtp.data_started
+    trial_count = trials()  # read after: a trial in flight is counted too
+    assert tried <= len(emails) + trial_count, (
+        f"{tried} mails reached DATA for {len(emails)} mails and {trial_count} "
+        "trials: a probe released more than its trial"
+    )
+    assert set(Delivery.objects.values_list("retries", flat=True)) == {0}
+    assert "relay back after" not in worker.log()
+
+    smtp.script.drop_after_data = False
+    back_at = time.monotonic()
+    for email in emails:
+        wait_for_delivery(email=email, status="sent", timeout=30)
+
+    took = recovery(smtp, emails, fault_ended=back_at)
+    assert copies(smtp, emails) == [1] * len(emails)
+    assert took <= 15, f"mails arrived {took:.1f} s after the relay took mail again"
+    record(
+        scenario="24. relay answers every probe and drops every mail after DATA, "
+        "then takes mail again, defaults",
+        happened=f"{tried} DATA for {len(emails)} mails while it dropped "
+        f"({trial_count} probes, one trial mail each, no retry spent); sent "
+        f"{took:.1f} s after it took mail again",
+        expected=len(emails),
+        arrived=sum(copies(smtp, emails)),
+        duplicates=sum(copies(smtp, emails)) - len(emails),
+        recovery=took,
+    )

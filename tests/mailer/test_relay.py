@@ -1,16 +1,32 @@
-import pytest
+from datetime import timedelta
 
-from mailer import relay
+import pytest
+from django.utils import timezone
+
+from mailer import relay, sweeper
 from mailer.models import RelayState
 from tests.factories import DeliveryFactory
 
 pytestmark = pytest.mark.django_db
 
 
+def parked(count: int):
+    """Rows parked for the relay, as claims.park_for_relay leaves them."""
+    backstop = timezone.now() + timedelta(minutes=5)
+    return DeliveryFactory.create_batch(
+        count, waiting_for_relay=True, lease_expires_at=backstop
+    )
+
+
 @pytest.fixture
-def relay_down():
+def relay_down(monkeypatch):
+    """The relay marked down; the sweeps a release would publish are counted."""
+    sweeps = []
+    monkeypatch.setattr(sweeper, "sweep_stale_deliveries", lambda: sweeps.append(1))
     relay.note_down("[Errno 111] Connection refused")
-    return RelayState.objects.get()
+    state = RelayState.objects.get()
+    state.sweeps = sweeps
+    return state
 
 
 def test_the_first_probe_waits_the_probe_interval(relay_down, settings):
@@ -29,16 +45,59 @@ def test_a_probe_that_a_relay_defers_at_rcpt_keeps_it_down(relay_down, smtp, rea
     assert smtp.received == []
 
 
-def test_a_probe_that_the_relay_answers_releases_every_parked_mail(
+def test_a_probe_that_the_relay_answers_lets_the_oldest_parked_mail_through_alone(
     relay_down, smtp, real_smtp, django_capture_on_commit_callbacks
 ):
-    parked = DeliveryFactory(waiting_for_relay=True)
+    oldest, younger = parked(2)
 
     assert relay.probe()
-    assert RelayState.objects.get().down_since is None
-    parked.refresh_from_db()
-    assert not parked.waiting_for_relay
+
+    state = RelayState.objects.get()
+    assert state.down_since is not None  # a probe cannot test DATA
+    assert state.trial_delivery_id == oldest.pk
+    oldest.refresh_from_db()
+    younger.refresh_from_db()
+    assert (oldest.waiting_for_relay, younger.waiting_for_relay) == (False, True)
+    assert not relay.relay_is_down(oldest.pk)
+    assert relay.relay_is_down(younger.pk) and relay.relay_is_down()
+    assert relay_down.sweeps  # the trial is published now
     assert smtp.received == []  # the probe hands over no mail
+
+
+def test_a_probe_answered_with_nothing_parked_marks_the_relay_up(
+    relay_down, smtp, real_smtp
+):
+    assert relay.probe()
+
+    assert RelayState.objects.get().down_since is None
+    assert not relay.relay_is_down()
+
+
+def test_the_trial_mail_accepted_releases_every_parked_mail(
+    relay_down, smtp, real_smtp
+):
+    oldest, younger = parked(2)
+    relay.probe()
+
+    relay.note_delivered()
+
+    state = RelayState.objects.get()
+    assert (state.down_since, state.trial_delivery_id) == (None, None)
+    younger.refresh_from_db()
+    assert not younger.waiting_for_relay
+
+
+def test_a_trial_that_fails_again_is_no_new_outage(relay_down, smtp, real_smtp):
+    oldest, younger = parked(2)
+    relay.probe()
+
+    relay.note_down("Connection unexpectedly closed")  # the trial, after DATA
+
+    state = RelayState.objects.get()
+    assert state.down_since == relay_down.down_since
+    assert state.outages == relay_down.outages == 1  # the next probe is not later
+    younger.refresh_from_db()
+    assert younger.waiting_for_relay
 
 
 def test_each_outage_right_after_a_release_doubles_the_probe_interval(settings):

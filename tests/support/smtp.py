@@ -35,6 +35,8 @@ class SmtpScript:
     """Replies the test server gives, per recipient, attempt by attempt.
 
     `delay` stalls after the message data arrived (the relay has the mail);
+    `drop_after_data` reads the data, then cuts the connection with no reply
+    and keeps nothing (a relay whose disk is full, or whose filter crashes);
     `rcpt_delay` stalls at RCPT TO, before any data was sent; `rcpt_reply`,
     when set, answers every RCPT TO (a relay deferring everyone).
 
@@ -48,6 +50,7 @@ class SmtpScript:
     delay: float = 0.0
     rcpt_delay: float = 0.0
     rcpt_reply: str = ""
+    drop_after_data: bool = False
     max_connections: int = 0
     connection_reply: str = (
         "421 4.7.0 127.0.0.1 Error: too many connections from 127.0.0.1"
@@ -146,6 +149,9 @@ class RecordingHandler:
                 scripted = self.script.replies.get(rcpt.lower())
                 if scripted:
                     reply = scripted.pop(0)
+            if self.script.drop_after_data:
+                server.transport.abort()
+                return "451 4.3.0 Connection dropped"  # never reaches the client
             if reply.startswith("250"):
                 # Like a real relay: once the data is in, the mail is queued,
                 # whether or not the client is still there for the reply.
