@@ -73,17 +73,23 @@ def make_queued_due() -> int:
     ).update(lease_expires_at=Now())
 
 
-def release_oldest_parked() -> int | None:
-    """Make the oldest row parked for the relay due now; return its id, if any."""
+def release_next_parked(*, after: int | None = None) -> int | None:
+    """Make one parked row due now: the oldest after row `after`, else the oldest.
+
+    Returns its id, if any. Successive trials take the parked rows in
+    turn, so a mail the relay drops for its own sake holds up no other.
+    """
     parked = Delivery.objects.filter(
         status=Delivery.Status.PENDING, waiting_for_relay=True
-    )
-    for delivery_id in parked.order_by("pk").values_list("pk", flat=True)[:3]:
-        # Another process may release it first: then try the next one.
-        if parked.filter(pk=delivery_id).update(
-            waiting_for_relay=False, lease_expires_at=Now()
-        ):
-            return delivery_id
+    ).order_by("pk")
+    later = parked if after is None else parked.filter(pk__gt=after)
+    for rows in (later, parked):
+        for delivery_id in rows.values_list("pk", flat=True)[:3]:
+            # Another process may release it first: then try the next one.
+            if parked.filter(pk=delivery_id).update(
+                waiting_for_relay=False, lease_expires_at=Now()
+            ):
+                return delivery_id
     return None
 
 

@@ -10,8 +10,10 @@ it throttles counts as an answer.
 
 A probe cannot send DATA, and a relay that answers it may still drop every
 connection after the data (a full disk, a crashing content filter). So a
-probe that is answered lets one parked mail through, the oldest, as a
-trial, and the relay stays down for the rest. A mail accepted, the trial
+probe that is answered lets one parked mail through as a trial, and the
+relay stays down for the rest. Trials take the parked mails in turn,
+oldest first, so a mail the relay drops for its own sake (a content
+filter that crashes on it) holds up no other. A mail accepted, the trial
 or any other, releases every parked mail at once. A trial that fails
 again costs one attempt, not one per parked mail (each of which, dropped
 after DATA, might have reached the relay: a possible duplicate), and it
@@ -135,10 +137,13 @@ def note_answered(*, sign: str) -> int | None:
     """The relay answered a probe: let one parked mail through as a trial.
 
     Returns the trial's row, or None when nothing was parked and the relay
-    is simply marked up. The oldest parked row goes first, so a relay that
-    keeps dropping mails after DATA is tried with the same mail each time.
+    is simply marked up. The trial is the oldest parked row after the last
+    trial, wrapping round to the oldest.
     """
-    trial = leases.release_oldest_parked()
+    last = RelayState.objects.filter(pk=STATE_ID).values_list(
+        "trial_delivery_id", flat=True
+    )
+    trial = leases.release_next_parked(after=last.first())
     if trial is None:
         note_up(sign=sign)
         return None

@@ -100,6 +100,33 @@ def test_a_trial_that_fails_again_is_no_new_outage(relay_down, smtp, real_smtp):
     assert younger.waiting_for_relay
 
 
+def test_the_next_probe_tries_the_next_parked_mail_not_the_failed_trial_again(
+    relay_down, smtp, real_smtp
+):
+    first, second, third = parked(3)
+    relay.probe()
+    # The trial is dropped after DATA and parked again, as attempts does.
+    relay.note_down("Connection unexpectedly closed")
+    type(first).objects.filter(pk=first.pk).update(waiting_for_relay=True)
+
+    assert relay.note_answered(sign="probe answered") == second.pk
+    relay.note_down("Connection unexpectedly closed")
+    type(second).objects.filter(pk=second.pk).update(waiting_for_relay=True)
+    assert relay.note_answered(sign="probe answered") == third.pk
+
+    assert RelayState.objects.get().trial_delivery_id == third.pk
+    first.refresh_from_db()
+    assert first.waiting_for_relay  # one trial at a time
+
+
+def test_trials_wrap_round_to_the_oldest_parked_mail(relay_down, smtp, real_smtp):
+    only, last = parked(2)
+    RelayState.objects.update(trial_delivery_id=last.pk)
+    type(last).objects.filter(pk=last.pk).delete()  # sent or failed since
+
+    assert relay.note_answered(sign="probe answered") == only.pk
+
+
 def test_each_outage_right_after_a_release_doubles_the_probe_interval(settings):
     settings.MAILER_RELAY_PROBE_INTERVAL = 5
     settings.MAILER_RELAY_PROBE_INTERVAL_MAX = 60
