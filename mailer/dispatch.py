@@ -21,6 +21,14 @@ ACCOUNT_MAIL_TASK = "mailer.tasks.send_account_mail"
 PUBLISH_BATCH_SIZE = 1000
 BROKER_CHECK_TIMEOUT = 2.0  # seconds
 BROKER_BACKOFF = 2.0  # seconds without publishing from this process after a failure
+# Queue order. Redis serves priority 0 first (kombu's priority_steps 0, 3, 6,
+# 9, each its own list). A mail published again (a retry, a throttled turn,
+# a rescue, a release from the relay's parking, a rerun) has waited already,
+# so it goes before the mails published fresh from a commit: after an outage
+# or under throttling, the backlog goes out roughly in commit order instead of
+# each returning mail queuing behind every newer one.
+FRESH_PRIORITY = 3
+WAITED_PRIORITY = 0
 _broker_failed_at = -BROKER_BACKOFF  # time.monotonic() of the last failed publish
 
 
@@ -40,9 +48,14 @@ def task_name_for(kind: str) -> str:
 def dispatch_delivery(
     delivery_id: int, task_id: str | None = None, *, kind: str = Delivery.Kind.WELCOME
 ) -> str:
-    """Publish the send task for a delivery; return the task id it went with."""
+    """Publish a fresh row's send task; return the task id it went with."""
     task_id = task_id or str(uuid.uuid4())
-    current_app.send_task(task_name_for(kind), args=(delivery_id,), task_id=task_id)
+    current_app.send_task(
+        task_name_for(kind),
+        args=(delivery_id,),
+        task_id=task_id,
+        priority=FRESH_PRIORITY,
+    )
     return task_id
 
 
@@ -120,7 +133,7 @@ def check_broker(*, timeout: float, url: str | None = None) -> None:
 
 
 def publish_deliveries(jobs: list[PublishJob]) -> None:
-    """Publish one send task per job, pipelined.
+    """Publish one send task per job, pipelined, ahead of fresh mails.
 
     One pooled producer and kombu's publish batch: the messages go to Redis
     in a few round trips. Raises on any broker error; a batch that failed
@@ -135,4 +148,5 @@ def publish_deliveries(jobs: list[PublishJob]) -> None:
                     task_id=job.task_id,
                     producer=producer,
                     retry=False,
+                    priority=WAITED_PRIORITY,
                 )

@@ -11,6 +11,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_shutdown, worker_shutdown
 
 from mailer import attempts, batching, sweeper
+from mailer.dispatch import WAITED_PRIORITY
 from mailer.pool import pool
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,15 @@ def _send(task: Task, delivery_id: int) -> str:
         )
     _log(task.request, delivery_id, outcome, time.monotonic() - started)
     if isinstance(outcome, attempts.Throttled):
-        raise task.retry(countdown=outcome.countdown, max_retries=None)
+        raise task.retry(
+            countdown=outcome.countdown, max_retries=None, priority=WAITED_PRIORITY
+        )
     if isinstance(outcome, attempts.RetryAfter):
         raise task.retry(
             exc=outcome.error,
             countdown=outcome.countdown,
             max_retries=outcome.max_retries,
+            priority=WAITED_PRIORITY,
         ) from outcome.error
     if isinstance(outcome, attempts.Failed):
         raise outcome.error

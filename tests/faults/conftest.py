@@ -27,6 +27,7 @@ from tests.support import (
     register,
 )
 from tests.support.postfix import NO_LIMITS, AnvilLimits, PostfixRelay, Postgrey
+from tests.support.redis import PRIORITY_SUFFIXES
 
 # Short, fast versions of the production timings, so a test sees several
 # retries and sweeps within seconds. Ratios between them are kept: the
@@ -156,7 +157,11 @@ class FaultStack:
         acked, so distinct task ids, not raw messages, count the copies.
         """
         client = self.redis.client()
-        payloads = [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
+        payloads = [
+            json.loads(raw)
+            for suffix in PRIORITY_SUFFIXES
+            for raw in client.lrange("celery" + suffix, 0, -1)
+        ]
         payloads += [json.loads(raw)[0] for raw in client.hvals("unacked")]
         tasks: dict[str, set[str]] = {}
         for payload in payloads:

@@ -16,6 +16,7 @@ from mailer.models import Delivery
 from mailer.tasks import send_welcome_email
 from tests.factories import DeliveryFactory
 from tests.support import wait_for_delivery, wait_until
+from tests.support.redis import queue_length
 from users.models import User
 from users.services import register_user
 
@@ -74,7 +75,7 @@ def test_rolled_back_registration_leaves_no_row_no_task_and_no_mail(
     assert not Delivery.objects.exists()
     # The session worker drains the queue, so count what it received too.
     assert celery_worker.log().count(" received") == received_before
-    assert client.llen("celery") == 0 and client.hlen("unacked") == 0
+    assert queue_length(client) == 0 and client.hlen("unacked") == 0
     assert smtp.mails_to(email) == []
     record(
         scenario="9. registration rolled back after the signal fired",

@@ -27,6 +27,7 @@ from tests.conftest import worker_env
 from tests.factories import UserFactory
 from tests.integration.test_flower import LOGIN, FlowerProcess
 from tests.support import RedisServer, WorkerProcess, free_port, wait_until
+from tests.support.redis import queue_length
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -172,7 +173,7 @@ def test_a_backlog_is_sent_once_each_in_batches_with_a_result_and_events_per_tas
     assert sum(sizes) == BACKLOG
     assert max(sizes) > 1, sizes  # the backlog did go out in batches
     redis = broker.client()
-    assert redis.hlen("unacked") == 0 and redis.llen("celery") == 0
+    assert redis.hlen("unacked") == 0 and queue_length(redis) == 0
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from tests.support import (
     wait_for_delivery,
     wait_until,
 )
+from tests.support.redis import queue_length
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -113,7 +114,7 @@ def test_two_workers_share_the_mails_and_a_killed_one_loses_none(
     second = queue_welcome_mails(broker, "second", countdown=COUNTDOWN)
     redis = broker.client()
     wait_until(
-        lambda: redis.llen("celery") == 0 and redis.hlen("unacked") == BATCH,
+        lambda: queue_length(redis) == 0 and redis.hlen("unacked") == BATCH,
         timeout=5,
         what="every message reserved by a worker",
     )
@@ -147,7 +148,7 @@ def test_a_worker_stopped_with_sigterm_finishes_its_sends_and_hands_back_the_res
     bravo = start_worker("bravo")
     deliveries = queue_welcome_mails(broker, "drain")
     redis = broker.client()
-    wait_until(lambda: redis.llen("celery") == 0, timeout=5, what="all reserved")
+    wait_until(lambda: queue_length(redis) == 0, timeout=5, what="all reserved")
     # The one holding the larger share has messages waiting behind its sends.
     victim, survivor = sorted(
         (alpha, bravo), key=lambda worker: -len(received_by(worker, deliveries))

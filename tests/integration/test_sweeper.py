@@ -18,6 +18,7 @@ from tests.support import (
     wait_for_delivery,
     wait_until,
 )
+from tests.support.redis import queue_length
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -123,10 +124,10 @@ def test_a_message_lost_in_a_redis_restart_is_swept_and_sent_once(private_redis,
     private_redis.start()
 
     register_in_a_process("restart@example.com", env)  # published, no worker yet
-    assert private_redis.client().llen("celery") == 1
+    assert queue_length(private_redis.client()) == 1
     private_redis.stop()  # no persistence: the queued message is gone
     private_redis.start()
-    assert private_redis.client().llen("celery") == 0
+    assert queue_length(private_redis.client()) == 0
 
     worker = WorkerProcess(env=env, name="sweeper").start()
     beat = BeatProcess(env=env).start()

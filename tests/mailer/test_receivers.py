@@ -6,6 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
+from mailer.dispatch import FRESH_PRIORITY
 from mailer.models import Delivery
 from users.models import User
 from users.services import EmailAlreadyRegistered, register_user
@@ -33,7 +34,10 @@ def test_registration_writes_one_pending_row_and_dispatches_it_on_commit(
     assert delivery.kind == Delivery.Kind.WELCOME
     assert len(callbacks) == 1
     published.assert_called_once_with(
-        "mailer.tasks.send_welcome_email", args=(delivery.pk,), task_id=delivery.task_id
+        "mailer.tasks.send_welcome_email",
+        args=(delivery.pk,),
+        task_id=delivery.task_id,
+        priority=FRESH_PRIORITY,
     )
 
 
@@ -105,7 +109,10 @@ def test_a_repeated_registration_publishes_the_notice_under_its_own_task(
 
     notice = Delivery.objects.get(kind=Delivery.Kind.ACCOUNT_EXISTS)
     published.assert_called_once_with(
-        "mailer.tasks.send_account_mail", args=(notice.pk,), task_id=notice.task_id
+        "mailer.tasks.send_account_mail",
+        args=(notice.pk,),
+        task_id=notice.task_id,
+        priority=FRESH_PRIORITY,
     )
 
 

@@ -2,8 +2,10 @@ import logging
 import re
 
 import pytest
+from celery.signals import task_prerun
 
 from mailer.attempts import retry_countdown
+from mailer.dispatch import FRESH_PRIORITY, WAITED_PRIORITY
 from mailer.models import Delivery, RelayState
 from mailer.tasks import send_account_mail, send_welcome_email
 from tests.factories import DeliveryFactory
@@ -47,6 +49,34 @@ def test_task_skips_a_row_another_attempt_has_claimed(delivery, mailoutbox):
 
     assert send_welcome_email.apply(args=(delivery.pk,)).get() == "skipped"
     assert mailoutbox == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "451 4.3.0 Try again later",
+        "454 Throttling failure: Maximum sending rate exceeded.",
+    ],
+    ids=["retry", "throttled turn"],
+)
+def test_a_mail_sent_back_to_the_queue_is_published_ahead_of_fresh_mails(
+    reply, delivery, smtp, real_smtp, settings
+):
+    settings.MAILER_RETRY_BACKOFF = 0.01
+    smtp.script.replies["ada@example.com"] = [reply]
+    priorities = []
+
+    def seen(task=None, **kwargs):
+        priorities.append(task.request.delivery_info.get("priority"))
+
+    task_prerun.connect(seen, weak=False)
+    try:
+        result = send_welcome_email.apply(args=(delivery.pk,), priority=FRESH_PRIORITY)
+    finally:
+        task_prerun.disconnect(seen)
+
+    assert result.get() == "sent"
+    assert priorities == [FRESH_PRIORITY, WAITED_PRIORITY]
 
 
 def test_transient_failure_is_retried_then_sent(delivery, smtp, real_smtp, settings):

@@ -25,6 +25,7 @@ from tests.support import (
     run_manage,
     wait_until,
 )
+from tests.support.redis import queue_length
 
 WORKER_SLOTS = 2
 WORKER_CONCURRENCY = 16  # the Procfile's defaults
@@ -145,7 +146,7 @@ class SoakStack:
     def queue_length(self) -> int | None:
         """Messages waiting in Redis' default queue; None when Redis is down."""
         try:
-            return self.redis.client().llen("celery")
+            return queue_length(self.redis.client())
         except Exception:  # noqa: BLE001 - any Redis failure means "unknown"
             return None
 

@@ -72,3 +72,13 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# kombu's Redis transport keeps one list per priority step (0, 3, 6, 9):
+# "celery" for 0, then "celery\x06\x163" and so on (mailer.dispatch).
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def queue_length(client: redis.Redis, queue: str = "celery") -> int:
+    """Messages waiting in a Celery queue, over every priority's list."""
+    return sum(client.llen(queue + suffix) for suffix in PRIORITY_SUFFIXES)
