@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from django.db import transaction
+from django.db.models import Subquery
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -19,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 SWEEP_BATCH_SIZE = 500
+DUE_WINDOW = 10 * SWEEP_BATCH_SIZE  # due rows ordered by id in one batch
 
 
 class TakenRow(NamedTuple):
@@ -98,11 +100,16 @@ def _lease_due_deliveries(*, limit: int) -> list[TakenRow]:
     """
     due = Delivery.objects.filter(
         status=Delivery.Status.PENDING, lease_expires_at__lt=Now()
-    ).order_by("lease_expires_at")
+    )
+    # Oldest mail first, so a backlog goes out in commit order. The due rows
+    # are found through the pending-lease index, never by scanning the table
+    # in id order: at most DUE_WINDOW of them, then sorted by id.
+    window = due.order_by("lease_expires_at").values("pk")[:DUE_WINDOW]
+    oldest = Delivery.objects.filter(pk__in=Subquery(window)).order_by("pk")
     now = timezone.now()
     lease = Now() + stale_after()
     taken = []
-    rows = due.values_list("pk", "kind", "lease_expires_at", "task_id")[:limit]
+    rows = oldest.values_list("pk", "kind", "lease_expires_at", "task_id")[:limit]
     for pk, kind, old_lease, old_task_id in rows:
         task_id = str(uuid.uuid4())
         moved = Delivery.objects.filter(

@@ -4,6 +4,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from mailer import sweeper
 from mailer.models import Delivery
 from mailer.sweeper import sweep_stale_deliveries
 from mailer.tasks import sweep_stale_deliveries as sweep_task
@@ -35,6 +36,29 @@ def test_a_sweep_never_touches_sent_or_failed_rows():
     assert (report.reclaimed, report.redispatched) == (0, [])
     assert Delivery.objects.get(pk=sent.pk).status == Delivery.Status.SENT
     assert Delivery.objects.get(pk=failed.pk).status == Delivery.Status.FAILED
+
+
+def test_a_sweep_publishes_the_oldest_mails_first_whatever_their_leases(
+    monkeypatch,
+):
+    published = []
+    monkeypatch.setattr(
+        sweeper, "publish_deliveries", lambda jobs: published.extend(jobs)
+    )
+    now = timezone.now()
+    # The oldest mail's lease passed last: a throttled mail held a while.
+    oldest, older, newest = DeliveryFactory.create_batch(3)
+    for row, ago in ((oldest, 1), (older, 30), (newest, 60)):
+        Delivery.objects.filter(pk=row.pk).update(
+            lease_expires_at=now - timedelta(seconds=ago)
+        )
+
+    first = sweep_stale_deliveries(batch_size=2, max_batches=1)
+    second = sweep_stale_deliveries(batch_size=2, max_batches=1)
+
+    assert first.redispatched == [oldest.pk, older.pk]
+    assert second.redispatched == [newest.pk]
+    assert [job.delivery_id for job in published] == [oldest.pk, older.pk, newest.pk]
 
 
 def test_the_sweep_task_logs_what_it_did(caplog):
