@@ -4,7 +4,7 @@ Every lease is on the database's clock (`Now()`): worker and web hosts may
 drift; the database is the one clock every comparison uses.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -57,12 +57,15 @@ def make_pending_due() -> int:
     ).update(lease_expires_at=Now())
 
 
-def make_queued_due() -> int:
+def make_queued_due(*, published_before: datetime) -> int:
     """Make due the pending rows whose message only the broker holds.
 
     No worker renews them (their lease lies beyond one MAILER_LEASE), and
     no retry waits on them: after a broker outage one of their messages may
     have been popped by a worker and lost before it was recorded unacked.
+    Only rows last published before the outage began (`published_before`):
+    a row a rescue published again since the broker came back is not lost
+    again, and a second copy would only cost a skip in the backlog.
     The claim turns every surviving original into a skip.
     """
     return Delivery.objects.filter(
@@ -70,6 +73,7 @@ def make_queued_due() -> int:
         waiting_for_relay=False,
         retries=0,
         lease_expires_at__gt=Now() + 2 * lease(),
+        updated_at__lt=published_before,
     ).update(lease_expires_at=Now())
 
 

@@ -29,12 +29,14 @@ import logging
 import threading
 import time
 import uuid
+from datetime import datetime
 from typing import NamedTuple
 
 from celery.signals import task_received, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 from django.conf import settings
 from django.db import DatabaseError, connections
+from django.utils import timezone
 from kombu.exceptions import KombuError
 from redis import RedisError
 
@@ -98,7 +100,7 @@ class Lifeline(threading.Thread):
         self.receipts_lock = threading.Lock()
         self.receipts: set[int] = set()
         self.epoch: bytes | None = None
-        self.broker_was_down = False
+        self.broker_down_since: datetime | None = None  # when a beat first failed
         self.prober: threading.Thread | None = None
 
     def run(self) -> None:
@@ -178,7 +180,7 @@ class Lifeline(threading.Thread):
         try:
             epoch, lost = self._read_epoch()
         except Exception:
-            self.broker_was_down = True
+            self.broker_down_since = self.broker_down_since or timezone.now()
             raise
         self.epoch = epoch
         if lost:
@@ -188,14 +190,14 @@ class Lifeline(threading.Thread):
                 "new: %d pending mails made due for re-dispatch",
                 due,
             )
-        elif self.broker_was_down and self._first_back(epoch):
-            due = leases.make_queued_due()
+        elif self.broker_down_since and self._first_back(epoch):
+            due = leases.make_queued_due(published_before=self.broker_down_since)
             logger.warning(
                 "broker back after an outage: %d queued mails made due for "
                 "re-dispatch (a message popped as the broker went down is lost)",
                 due,
             )
-        self.broker_was_down = False
+        self.broker_down_since = None
 
     def _first_back(self, epoch: bytes) -> bool:
         """Whether this process is the first to see the broker back (one per outage)."""

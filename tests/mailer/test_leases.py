@@ -24,11 +24,15 @@ def test_after_a_broker_outage_only_rows_whose_message_the_broker_held_become_du
         status=Delivery.Status.SENDING, lease_expires_at=now + timedelta(seconds=290)
     )
 
-    assert leases.make_queued_due() == 1
+    outage_began = timezone.now()
+    # Published again by a rescue once the broker was back: not lost again.
+    republished = DeliveryFactory(lease_expires_at=now + timedelta(seconds=300))
+
+    assert leases.make_queued_due(published_before=outage_began) == 1
 
     due = Delivery.objects.filter(lease_expires_at__lte=timezone.now())
     assert list(due) == [queued]
-    for untouched in (held, backing_off, parked, sending):
+    for untouched in (held, backing_off, parked, sending, republished):
         fresh = Delivery.objects.get(pk=untouched.pk)
         assert fresh.lease_expires_at == untouched.lease_expires_at
 
