@@ -22,14 +22,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: install ## Run the whole stack: web :8000, worker, beat, Flower :5555, SMTP sink :1025
 	@DJANGO_DEBUG=$${DJANGO_DEBUG-1} PATH=$(CURDIR)/$(VENV)/bin:$$PATH ./bin/run-stack
 
+# Extra pytest arguments for every test target: make test PYTEST_ARGS='-m "not faults"'
+PYTEST_ARGS ?=
+
 test: install ## Run the whole test suite (starts its own Redis and SMTP servers)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # A server where the postgres user may create databases; each run uses its own.
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432
 
 test-postgres: install ## Run the whole suite on PostgreSQL at POSTGRES_URL (a throwaway test database)
-	DATABASE_URL=$(POSTGRES_URL)/welcome_$$$$ $(PY) -m pytest
+	DATABASE_URL=$(POSTGRES_URL)/welcome_$$$$ $(PY) -m pytest $(PYTEST_ARGS)
 
 # The Django 6.1 leg: Python 3.13 (pyenv's, else python3.13 on PATH), its own
 # virtualenv and pins; Django's and the project's deprecations fail its tests.
@@ -48,10 +51,10 @@ $(STAMP61): requirements-django61.txt
 	rm -f $(VENV61)/.installed-* && touch $@
 
 test-django61: install-django61 ## Run the whole suite on Django 6.1 and Python 3.13
-	$(PY61) -m pytest
+	$(PY61) -m pytest $(PYTEST_ARGS)
 
 test-django61-postgres: install-django61 ## Run the whole suite on Django 6.1 and PostgreSQL at POSTGRES_URL
-	DATABASE_URL=$(POSTGRES_URL)/welcome_$$$$ $(PY61) -m pytest
+	DATABASE_URL=$(POSTGRES_URL)/welcome_$$$$ $(PY61) -m pytest $(PYTEST_ARGS)
 
 bench: install ## Benchmark against django-post_office, django-mailer, django-celery-email; write docs/BENCHMARKS.md (BENCH_QUICK=1: short run)
 	$(PY) -m bench $(if $(BENCH_QUICK),--quick)
