@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from django.db import transaction
-from django.db.models import Subquery
+from django.db.models import Case, CharField, Subquery, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -95,8 +95,11 @@ def _reclaim_dead_attempts(*, limit: int) -> int:
 def _lease_due_deliveries(*, limit: int) -> list[TakenRow]:
     """Give due pending rows a new task id and lease; return the rows taken.
 
-    Each row is taken with a compare-and-set on its old task id, so of two
-    sweeps running at once only one takes it.
+    The rows are taken with one compare-and-set on their old task ids, so of
+    two sweeps running at once only one takes each row, and a batch costs
+    the same few queries whatever its size: a relay's return releases
+    hundreds of parked mails, and the first of them must not wait for one
+    UPDATE per row before anything is published.
     """
     due = Delivery.objects.filter(
         status=Delivery.Status.PENDING, lease_expires_at__lt=Now()
@@ -106,28 +109,37 @@ def _lease_due_deliveries(*, limit: int) -> list[TakenRow]:
     # in id order: at most DUE_WINDOW of them, then sorted by id.
     window = due.order_by("lease_expires_at").values("pk")[:DUE_WINDOW]
     oldest = Delivery.objects.filter(pk__in=Subquery(window)).order_by("pk")
-    now = timezone.now()
-    lease = Now() + stale_after()
-    taken = []
-    rows = oldest.values_list("pk", "kind", "lease_expires_at", "task_id")[:limit]
-    for pk, kind, old_lease, old_task_id in rows:
-        task_id = str(uuid.uuid4())
-        moved = Delivery.objects.filter(
-            pk=pk,
-            status=Delivery.Status.PENDING,
-            task_id=old_task_id,
-            lease_expires_at__lt=Now(),
-        ).update(
-            task_id=task_id,
-            waiting_for_relay=False,
-            lease_expires_at=lease,
-            updated_at=now,
-        )
-        if moved:
-            taken.append(
-                TakenRow(PublishJob(pk, task_id, kind), old_lease, old_task_id)
-            )
-    return taken
+    rows = list(oldest.values_list("pk", "kind", "lease_expires_at", "task_id")[:limit])
+    if not rows:
+        return []
+    new_ids = {pk: str(uuid.uuid4()) for pk, *_ in rows}
+    due.filter(
+        pk__in=new_ids,
+        task_id=_by_pk({pk: old_task_id for pk, _, _, old_task_id in rows}),
+    ).update(
+        task_id=_by_pk(new_ids),
+        waiting_for_relay=False,
+        lease_expires_at=Now() + stale_after(),
+        updated_at=timezone.now(),
+    )
+    moved = set(
+        Delivery.objects.filter(
+            pk__in=new_ids, task_id__in=new_ids.values()
+        ).values_list("pk", flat=True)
+    )
+    return [
+        TakenRow(PublishJob(pk, new_ids[pk], kind), old_lease, old_task_id)
+        for pk, kind, old_lease, old_task_id in rows
+        if pk in moved
+    ]
+
+
+def _by_pk(values: dict[int, str]) -> Case:
+    """A task id per row, as one SQL expression: CASE id WHEN ... THEN ... END."""
+    return Case(
+        *(When(pk=pk, then=Value(value)) for pk, value in values.items()),
+        output_field=CharField(),
+    )
 
 
 def _release_leases(taken: list[TakenRow]) -> None:

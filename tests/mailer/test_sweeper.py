@@ -76,3 +76,45 @@ def test_beat_schedules_the_sweep_every_sweep_interval(settings):
 
     assert entry["task"] == sweep_task.name
     assert entry["schedule"] == settings.MAILER_SWEEP_INTERVAL
+
+
+def test_a_sweep_takes_a_whole_batch_in_the_same_few_queries(
+    monkeypatch, django_assert_max_num_queries
+):
+    monkeypatch.setattr(sweeper, "publish_deliveries", lambda jobs: None)
+    rows = DeliveryFactory.create_batch(60)
+    Delivery.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=5))
+
+    # Reclaim, find, take, read back, metrics: not one UPDATE per row.
+    with django_assert_max_num_queries(10):
+        report = sweep_stale_deliveries()
+
+    assert report.redispatched == [row.pk for row in rows]
+    taken = Delivery.objects.filter(pk__in=report.redispatched)
+    assert len({row.task_id for row in taken}) == 60
+    assert all(row.lease_expires_at > timezone.now() for row in taken)
+
+
+def test_a_row_another_sweep_takes_meanwhile_is_left_to_that_sweep(monkeypatch):
+    published = []
+    monkeypatch.setattr(
+        sweeper, "publish_deliveries", lambda jobs: published.extend(jobs)
+    )
+    first, second = DeliveryFactory.create_batch(2)
+    Delivery.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=5))
+    new_task_id = sweeper.uuid.uuid4
+
+    def other_sweep_takes_second():
+        # Between this sweep's read and its take, another sweep took `second`.
+        Delivery.objects.filter(pk=second.pk).update(task_id="the-other-sweeps")
+        monkeypatch.setattr(sweeper.uuid, "uuid4", new_task_id)
+        return new_task_id()
+
+    monkeypatch.setattr(sweeper.uuid, "uuid4", other_sweep_takes_second)
+
+    report = sweep_stale_deliveries()
+
+    assert report.redispatched == [first.pk]
+    assert [job.delivery_id for job in published] == [first.pk]
+    assert Delivery.objects.get(pk=second.pk).task_id == "the-other-sweeps"
+    assert Delivery.objects.get(pk=first.pk).task_id == published[0].task_id
