@@ -242,10 +242,12 @@ MAILER_SWEEP_INTERVAL = env.float("MAILER_SWEEP_INTERVAL", default=60.0)
 # stops renewing; within MAILER_LEASE its rows are another worker's.
 MAILER_LEASE = env.float("MAILER_LEASE", default=10.0)
 MAILER_HEARTBEAT_INTERVAL = env.float("MAILER_HEARTBEAT_INTERVAL", default=2.0)
-# Seconds between probes (connect, EHLO, NOOP) of a relay that is down; one
-# worker probes at a time, and a relay that fails again right after coming
-# back is probed less often, up to MAILER_RELAY_PROBE_INTERVAL_MAX.
-MAILER_RELAY_PROBE_INTERVAL = env.float("MAILER_RELAY_PROBE_INTERVAL", default=5.0)
+# Seconds between probes (connect, EHLO, MAIL FROM, RCPT TO, RSET) of a relay
+# that is down; one worker probes at a time, and a relay that fails again
+# right after coming back is probed less often, up to
+# MAILER_RELAY_PROBE_INTERVAL_MAX. A probe is one short session: every 2 s
+# it costs the relay little, and a relay that is back is found within a beat.
+MAILER_RELAY_PROBE_INTERVAL = env.float("MAILER_RELAY_PROBE_INTERVAL", default=2.0)
 MAILER_RELAY_PROBE_INTERVAL_MAX = env.float(
     "MAILER_RELAY_PROBE_INTERVAL_MAX", default=60.0
 )
