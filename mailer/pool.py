@@ -9,7 +9,10 @@ QUIT to any idle for IDLE_CLOSE_AFTER: an idle pool never holds a relay's
 slots while nothing is sent. When another process was refused a slot, it
 says QUIT sooner, to any idle for IDLE_YIELD_AFTER: one worker's idle
 connections never keep another's threads waiting on a connection cap.
-`close_all` ends every one at shutdown.
+While Redis is away, a process opens connections on its own cap
+(MAILER_RELAY_MAX_CONNECTIONS); once it is back, each of them takes a slot
+at its next check-in, or closes when none is free. `close_all` ends every
+one at shutdown.
 """
 
 import logging
@@ -155,7 +158,16 @@ class Pool:
                 self.lock.wait(min(remaining, POLL * random.uniform(0.5, 1.5)))
 
     def checkin(self, conn: Connection) -> None:
-        """Take a connection back: pooled while healthy and within the limit."""
+        """Take a connection back: pooled while healthy and within the limit.
+
+        A connection opened while the budget was away joins it as soon as it
+        is back, or is closed when no slot is free: kept beside the budget,
+        a busy connection would never idle out, and the relay's connection
+        cap would count it while the budget did not (every send the budget
+        allowed then meets a 421 at the greeting).
+        """
+        if conn.holder is None and not conn.broken and self._outside_budget(conn):
+            conn.broken = not self._join_budget(conn)
         with self.lock:
             self.busy.discard(conn)
             keep = not conn.broken and not self.stopping.is_set()
@@ -224,9 +236,31 @@ class Pool:
             self.busy.add(conn)
         return conn
 
+    def _outside_budget(self, conn: Connection) -> bool:
+        """Whether an SMTP connection was opened on this process's own cap."""
+        return isinstance(conn.backend, django_smtp.EmailBackend)
+
+    def _join_budget(self, conn: Connection) -> bool:
+        """Give a connection opened on this process's own cap a budget slot.
+
+        True when it may stay open: it took a slot, or the budget is still
+        away and this process's own cap holds. False when the budget is back
+        with no slot free: the connection must close.
+        """
+        holder = _holder_name()
+        granted = budget.acquire_slot(holder=holder)
+        if granted is None:
+            return True
+        if not granted:
+            return False
+        conn.holder = holder
+        budget.mark_open(holder=holder)
+        self._start_reaper()
+        return True
+
     def _slot(self) -> str | None:
         """A budget slot's holder name, LOCAL when the budget is away, None if full."""
-        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        holder = _holder_name()
         granted = budget.acquire_slot(holder=holder)
         if granted:
             self._start_reaper()
@@ -282,6 +316,11 @@ class Pool:
             self.idle, self.busy = [], set()
             self.reaper = None
             self.stopping = threading.Event()
+
+
+def _holder_name() -> str:
+    """A budget slot's holder: host, process and connection, for operators."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 pool = Pool()

@@ -212,6 +212,32 @@ def test_without_redis_the_pool_still_sends_within_its_own_cap(
     assert smtp.most_sessions_open <= 2
 
 
+def test_connections_opened_while_the_budget_was_away_join_it_or_close_when_it_is_back(
+    shared, smtp
+):
+    # Redis away: the pool opens connections on this process's own cap.
+    budget._state.retry_at = time.monotonic() + 60
+    local = [shared.checkout(wait=1) for _ in range(3)]
+    assert all(conn.holder is None for conn in local)
+    # Redis back, where other processes already hold two of the three slots.
+    budget._state.retry_at = 0.0
+    for other in ("other-1", "other-2"):
+        assert budget.acquire_slot(holder=other) is True
+        budget.mark_open(holder=other)
+
+    for conn in local:
+        conn.send(mail("once@example.com"))
+        shared.checkin(conn)
+
+    # One took the free slot; the others were closed, not kept beside the
+    # budget, where the relay's cap would count them and the budget not.
+    assert shared.open_count() == 1
+    assert [conn.holder is not None for conn in shared.idle] == [True]
+    assert budget.open_connections() == 3
+    wait_until(lambda: smtp.sessions_open == 1, timeout=5, what="two QUITs")
+    assert len(smtp.received) == 3
+
+
 def test_a_killed_workers_slots_free_themselves_within_seconds(
     redis_server, smtp, settings
 ):
