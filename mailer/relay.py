@@ -17,7 +17,10 @@ filter that crashes on it) holds up no other. A mail accepted, the trial
 or any other, releases every parked mail at once. A trial that fails
 again costs one attempt, not one per parked mail (each of which, dropped
 after DATA, might have reached the relay: a possible duplicate), and it
-is not a new outage, so the next probe comes at the same interval.
+is not a new outage, so the next probe comes at the same interval. Once
+every parked mail has failed its trial, the next round comes at twice
+the interval, as after a new outage: a long outage tries each of a few
+parked mails a few times, not at every probe.
 """
 
 import logging
@@ -143,12 +146,18 @@ def note_answered(*, sign: str) -> int | None:
     last = RelayState.objects.filter(pk=STATE_ID).values_list(
         "trial_delivery_id", flat=True
     )
-    trial = leases.release_next_parked(after=last.first())
+    after = last.first()
+    trial = leases.release_next_parked(after=after)
     if trial is None:
         note_up(sign=sign)
         return None
+    # Back at the oldest: every parked mail failed its trial in this round.
+    # Each may have reached the relay before it dropped the line, so the
+    # next round comes at twice the interval, as a new outage's would.
+    another_round = after is not None and trial <= after
     RelayState.objects.filter(pk=STATE_ID, down_since__isnull=False).update(
-        trial_delivery_id=trial
+        trial_delivery_id=trial,
+        outages=F("outages") + int(another_round),
     )
     logger.warning(
         "relay answers (%s): delivery %s goes first as a trial; "

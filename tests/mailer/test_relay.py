@@ -127,6 +127,27 @@ def test_trials_wrap_round_to_the_oldest_parked_mail(relay_down, smtp, real_smtp
     assert relay.note_answered(sign="probe answered") == only.pk
 
 
+def test_a_round_of_failed_trials_over_every_parked_mail_doubles_the_probe_interval(
+    relay_down, smtp, real_smtp
+):
+    # A relay that drops every mail after DATA may have kept each copy: a
+    # few parked mails must not each be tried at every probe of a long outage.
+    first, second = parked(2)
+
+    def fails_again(row):  # the trial's send parked it again
+        type(row).objects.filter(pk=row.pk).update(waiting_for_relay=True)
+
+    assert relay.note_answered(sign="probe answered") == first.pk
+    fails_again(first)
+    assert relay.note_answered(sign="probe answered") == second.pk
+    assert RelayState.objects.get().outages == 1  # a mail not tried yet: same pace
+    fails_again(second)
+
+    assert relay.note_answered(sign="probe answered") == first.pk  # round again
+    assert RelayState.objects.get().outages == 2
+    assert relay.probe_interval(2) == 2 * relay.probe_interval(1)
+
+
 def test_each_outage_right_after_a_release_doubles_the_probe_interval(settings):
     settings.MAILER_RELAY_PROBE_INTERVAL = 5
     settings.MAILER_RELAY_PROBE_INTERVAL_MAX = 60
