@@ -83,6 +83,7 @@ def _json_post(*, summary: str, description: str, body: str, accepted: str) -> d
             "413": _errors_response("The body is larger than 16 KiB."),
             "429": {"$ref": "#/components/responses/TooManyRequests"},
             "405": NOT_ALLOWED,
+            "503": {"$ref": "#/components/responses/DatabaseUnavailable"},
         },
     }
 
@@ -155,6 +156,25 @@ def build_document() -> dict:
         "components": {
             "schemas": _schemas(),
             "responses": {
+                "DatabaseUnavailable": {
+                    "description": (
+                        "The database dropped the request's connection (restarted, "
+                        "failed over): nothing was created, and the same request "
+                        "may be sent again after Retry-After."
+                    ),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds to wait before sending it again.",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                    },
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/Errors"}
+                        }
+                    },
+                },
                 "TooManyRequests": {
                     "description": "Over a rate limit (per client IP or per address).",
                     "headers": {

@@ -53,6 +53,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A view that lost its database connection answers 503 with Retry-After.
+    "users.unavailable.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"

@@ -4,6 +4,7 @@ import json
 
 import jsonschema_rs
 import pytest
+from django.db import OperationalError, connection
 from django.test import Client
 from django.urls import resolve
 
@@ -157,6 +158,26 @@ def test_a_rate_limited_request_gets_the_documented_429_and_retry_after(
     assert_conforms(response, path=path, method="post")
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/register", {"email": "ada@example.com", "password": PASSWORD}),
+        ("/api/activation/resend", {"email": "ada@example.com"}),
+    ],
+)
+def test_a_request_that_loses_the_database_gets_the_documented_503(
+    client, redis_server, path, body
+):
+    def connection_lost(execute, sql, params, many, context):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with connection.execute_wrapper(connection_lost):
+        response = post_json(client, path, body)
+
+    assert response.status_code == 503
+    assert_conforms(response, path=path, method="post")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_health_answers_200_and_503_as_documented(client, redis_server, settings):
     healthy = client.get("/healthz")
@@ -178,7 +199,7 @@ def test_documented_statuses_are_the_ones_the_tests_above_produce():
     }
 
     assert statuses == {
-        ("/api/register", "post"): {"202", "400", "405", "413", "429"},
-        ("/api/activation/resend", "post"): {"202", "400", "405", "413", "429"},
+        ("/api/register", "post"): {"202", "400", "405", "413", "429", "503"},
+        ("/api/activation/resend", "post"): {"202", "400", "405", "413", "429", "503"},
         ("/healthz", "get"): {"200", "405", "503"},
     }
