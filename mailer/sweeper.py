@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, CharField, Subquery, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -113,25 +113,42 @@ def _lease_due_deliveries(*, limit: int) -> list[TakenRow]:
     if not rows:
         return []
     new_ids = {pk: str(uuid.uuid4()) for pk, *_ in rows}
-    due.filter(
-        pk__in=new_ids,
-        task_id=_by_pk({pk: old_task_id for pk, _, _, old_task_id in rows}),
-    ).update(
-        task_id=_by_pk(new_ids),
-        waiting_for_relay=False,
-        lease_expires_at=Now() + stale_after(),
-        updated_at=timezone.now(),
-    )
-    moved = set(
-        Delivery.objects.filter(
-            pk__in=new_ids, task_id__in=new_ids.values()
-        ).values_list("pk", flat=True)
-    )
+    old_ids = {pk: old_task_id for pk, _, _, old_task_id in rows}
+    lease, now = Now() + stale_after(), timezone.now()
+    moved = set()
+    for chunk in _chunks(list(new_ids), _rows_per_statement()):
+        due.filter(
+            pk__in=chunk, task_id=_by_pk({pk: old_ids[pk] for pk in chunk})
+        ).update(
+            task_id=_by_pk({pk: new_ids[pk] for pk in chunk}),
+            waiting_for_relay=False,
+            lease_expires_at=lease,
+            updated_at=now,
+        )
+        moved.update(
+            Delivery.objects.filter(
+                pk__in=chunk, task_id__in=[new_ids[pk] for pk in chunk]
+            ).values_list("pk", flat=True)
+        )
     return [
         TakenRow(PublishJob(pk, new_ids[pk], kind), old_lease, old_task_id)
         for pk, kind, old_lease, old_task_id in rows
         if pk in moved
     ]
+
+
+def _rows_per_statement() -> int:
+    """Rows per compare-and-set: five parameters each, within the backend's limit.
+
+    SQLite builds before 3.32 take at most 999 (Django's `max_query_params`);
+    PostgreSQL sets no limit here.
+    """
+    limit = connection.features.max_query_params
+    return SWEEP_BATCH_SIZE if limit is None else max(1, (limit - 10) // 5)
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _by_pk(values: dict[int, str]) -> Case:

@@ -2,6 +2,7 @@ import logging
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from mailer import sweeper
@@ -118,3 +119,23 @@ def test_a_row_another_sweep_takes_meanwhile_is_left_to_that_sweep(monkeypatch):
     assert [job.delivery_id for job in published] == [first.pk]
     assert Delivery.objects.get(pk=second.pk).task_id == "the-other-sweeps"
     assert Delivery.objects.get(pk=first.pk).task_id == published[0].task_id
+
+
+def test_a_batch_over_the_backends_parameter_limit_is_taken_in_chunks(monkeypatch):
+    # SQLite before 3.32 takes at most 999 parameters a statement.
+    monkeypatch.setattr(sweeper, "publish_deliveries", lambda jobs: None)
+    monkeypatch.setattr(connection.features, "max_query_params", 60)
+    rows = DeliveryFactory.create_batch(25)
+    Delivery.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=5))
+    parameters = []
+
+    def count(execute, sql, params, many, context):
+        parameters.append(len(params or ()))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(count):
+        report = sweep_stale_deliveries()
+
+    assert report.redispatched == [row.pk for row in rows]
+    assert len(set(Delivery.objects.values_list("task_id", flat=True))) == 25
+    assert max(parameters) <= 60
