@@ -159,8 +159,9 @@ def build_document() -> dict:
                 "DatabaseUnavailable": {
                     "description": (
                         "The database dropped the request's connection (restarted, "
-                        "failed over): nothing was created, and the same request "
-                        "may be sent again after Retry-After."
+                        "failed over): nothing was created, unless it dropped during "
+                        "the commit itself. The same request may be sent again "
+                        "after Retry-After and gets the same answer either way."
                     ),
                     "headers": {
                         "Retry-After": {

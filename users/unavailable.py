@@ -1,10 +1,13 @@
 """A database that drops the request's connection answers 503, not 500.
 
 A registration that meets a dead database connection (PostgreSQL restarted,
-its backends terminated, a failover) has committed nothing: its atomic
-block rolled back, so no account, no outbox row, no mail. The client is
-told so, with Retry-After, and a JSON client can send the same request
-again. Any other error stays a 500 for Django's handler to report.
+its backends terminated, a failover) has almost always committed nothing:
+its atomic block rolled back, so no account, no outbox row, no mail. Only
+a connection lost during COMMIT itself leaves it unknown; then the account
+may exist, and its outbox row, whose on_commit dispatch never ran, goes out
+by the sweep. Either way the client may send the same request again after
+Retry-After: a taken address gets the same answer as a new one. Any other
+error stays a 500 for Django's handler to report.
 """
 
 import logging
@@ -41,6 +44,7 @@ class DatabaseUnavailableMiddleware:
             request.method,
             request.path,
             exception,
+            exc_info=exception,  # a lasting cause (a missing table) shows its trace
         )
         message = _("The service is briefly unavailable. Try again in a few seconds.")
         if request.path.startswith(API_PREFIX):
