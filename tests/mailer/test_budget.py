@@ -227,50 +227,52 @@ def test_above_nine_tenths_of_the_refused_rate_it_climbs_a_tenth_a_run(
 def test_a_fixed_rate_spaces_the_sends_and_says_how_far_the_next_turn_is(
     shared, settings
 ):
-    settings.MAILER_RELAY_RATE = "10"
+    # One a second, so that a pause of this machine's of up to half a second
+    # between two calls leaves every turn on the same side of max_wait.
+    settings.MAILER_RELAY_RATE = "1"
 
-    turns = [budget.reserve_send(max_wait=0.25) for _ in range(5)]
+    turns = [budget.reserve_send(max_wait=2.5) for _ in range(5)]
 
     waits = [t.wait for t in turns if t.reserved]
-    assert len(waits) == 3  # at 0, 0.1 and 0.2 s: the next is past 0.25 s
-    assert waits[0] < 0.02 and 0.08 <= waits[1] <= 0.11 and 0.18 <= waits[2] <= 0.21
-    assert not turns[3].reserved and 0.25 < turns[3].wait <= 0.31
+    assert len(waits) == 3  # at 0, 1 and 2 s: the next is past 2.5 s
+    assert waits[0] == 0 and 0.5 < waits[1] <= 1.0 and 1.5 < waits[2] <= 2.0
+    assert not turns[3].reserved and 2.5 < turns[3].wait <= 3.0
 
 
 def test_a_mail_that_waited_takes_its_turn_before_newer_mails(shared, settings):
-    settings.MAILER_RELAY_RATE = "10"
-    for _ in range(3):  # turns at 0, 0.1 and 0.2 s go to mails without a place
-        assert budget.reserve_send(max_wait=0.25).reserved
+    settings.MAILER_RELAY_RATE = "1"  # turns a second apart; see above
+    for _ in range(3):  # turns at 0, 1 and 2 s go to mails without a place
+        assert budget.reserve_send(max_wait=2.5).reserved
 
-    newer = budget.reserve_send(max_wait=0.25, place=200)
-    older = budget.reserve_send(max_wait=0.25, place=100)
-    newer_again = budget.reserve_send(max_wait=0.25, place=200)
-    time.sleep(0.12)
-    newer_later = budget.reserve_send(max_wait=0.25, place=200)
-    older_later = budget.reserve_send(max_wait=0.25, place=100)
+    newer = budget.reserve_send(max_wait=2.5, place=200)
+    older = budget.reserve_send(max_wait=2.5, place=100)
+    newer_again = budget.reserve_send(max_wait=2.5, place=200)
+    time.sleep(1.0)
+    newer_later = budget.reserve_send(max_wait=2.5, place=200)
+    older_later = budget.reserve_send(max_wait=2.5, place=100)
 
-    assert not newer.reserved and 0.28 <= newer.wait <= 0.32
+    assert not newer.reserved and 2.5 < newer.wait <= 3.0
     # The older mail asks second, yet its turn is the next one, and the
     # newer mail's turn moves behind it.
-    assert not older.reserved and 0.28 <= older.wait <= 0.32
-    assert not newer_again.reserved and 0.38 <= newer_again.wait <= 0.42
-    assert not newer_later.reserved
-    assert older_later.reserved
+    assert not older.reserved and 2.5 < older.wait <= 3.0
+    assert not newer_again.reserved and 3.5 < newer_again.wait <= 4.0
+    assert not newer_later.reserved  # its turn is at 4 s, 3 s away
+    assert older_later.reserved  # its turn is at 3 s, 2 s away
     assert budget.renew_slots(holders=[]).waiting == 1
 
 
 def test_a_place_not_asked_for_within_the_hold_frees_itself(
     shared, settings, monkeypatch
 ):
-    settings.MAILER_RELAY_RATE = "10"
-    monkeypatch.setattr(budget, "LINE_HOLD", 0.2)
-    assert budget.reserve_send(max_wait=0.1).reserved
-    assert budget.reserve_send(max_wait=0.1).reserved  # the window is full
-    assert not budget.reserve_send(max_wait=0.1, place=1).reserved
+    settings.MAILER_RELAY_RATE = "2"  # turns half a second apart
+    monkeypatch.setattr(budget, "LINE_HOLD", 1.0)
+    assert budget.reserve_send(max_wait=0.5).reserved
+    assert budget.reserve_send(max_wait=0.5).reserved  # the window is full
+    assert not budget.reserve_send(max_wait=0.5, place=1).reserved
 
-    time.sleep(0.3)  # place 1's task died: it never asks again
-    # Behind place 1 its turn would be 0.1 s away, past this max_wait.
-    turn = budget.reserve_send(max_wait=0.05, place=2)
+    time.sleep(1.2)  # place 1's task died: it never asks again
+    # Behind place 1 its turn would be 0.5 s away, past this max_wait.
+    turn = budget.reserve_send(max_wait=0.25, place=2)
 
     assert turn.reserved
     assert budget.renew_slots(holders=[]).waiting == 0
@@ -290,15 +292,17 @@ def test_no_rate_in_force_means_no_wait(shared):
 
 
 def test_a_learned_rate_below_the_fixed_one_sets_the_pace(shared, settings):
-    settings.MAILER_RELAY_RATE = "100"
+    settings.MAILER_RELAY_RATE = "4"
     budget.note_throttled(limit="rate", others_open=0)  # nothing accepted: half
 
-    first = budget.reserve_send(max_wait=0.5)
-    second = budget.reserve_send(max_wait=0.5)
+    first = budget.reserve_send(max_wait=1)
+    second = budget.reserve_send(max_wait=1)
 
-    assert budget.current_limits().rate == 50
+    assert budget.current_limits().rate == 2
     assert first.reserved and second.reserved
-    assert 0.015 <= second.wait - first.wait <= 0.021
+    # Half a second apart, less the time between the two calls; the fixed
+    # rate would have spaced them a quarter of a second.
+    assert 0.3 < second.wait - first.wait <= 0.5
 
 
 def test_learned_limits_expire_after_the_last_throttle(shared, monkeypatch):
