@@ -8,7 +8,8 @@ its own stored result; what mails ready together share is:
 
 - the claim: one UPDATE ... RETURNING for the batch's rows;
 - the SMTP session: one pooled connection, each mail within the budget's rate;
-- the mark: one UPDATE for every mail the relay accepted;
+- the mark: one UPDATE for the mails the relay accepted, at least every
+  MARK_EVERY seconds (each mail on its own on a relay slower than that);
 - the result write: one upsert (mailer.results `collected`);
 - the event publish: the consumer's dispatcher buffers task events and
   flushes them as one list;
@@ -21,6 +22,10 @@ arriving alone is sent alone, with no wait; while batches run, the next
 one starts on a free thread once it holds MAILER_BATCH_SIZE requests or
 its oldest has waited MAILER_BATCH_LINGER_MS. Batches run on the threads pool
 only; any other pool runs the per-mail path.
+
+A throttle reply or the relay going down stops a batch: its rows after that
+mail are not tried; they go back to wait (throttled) or are parked until the
+relay answers, with no retry spent, as the per-mail path would leave them.
 
 Anything but a plain outcome (sent, skipped, suppressed) takes the per-mail
 path for that request: Celery's own trace runs the task with the outcome
@@ -57,6 +62,11 @@ logger = logging.getLogger(__name__)
 
 # Outcomes a batch settles itself: a success whose return value is the name.
 PLAIN = (attempts.Sent, attempts.Skipped, attempts.Suppressed)
+# Seconds a sent row may wait for its mark: a worker killed mid-batch leaves
+# the mails the relay accepted in the last MARK_EVERY to be sent again (the
+# per-mail path leaves one per thread). On a relay slower than this, each
+# mail is marked right after its 250, as on the per-mail path.
+MARK_EVERY = 0.1
 # Outcomes found by a batch for a task id, for the per-mail trace to take.
 _found: dict[str, attempts.Outcome] = {}
 _found_lock = threading.Lock()
@@ -218,11 +228,14 @@ def _send_plainly(by_task: dict[str, int]) -> dict[str, attempts.Outcome]:
         outcomes.update(held)
         sending = [(t, d) for t, d in deliveries.items() if t not in held]
         started: dict[str, float] = {}
-        smtp = _send_each(sending, turns, smtp, outcomes, started)
+        unmarked: dict[str, Delivery] = {}
+        smtp = _send_each(sending, turns, smtp, outcomes, started, unmarked)
     finally:
         if smtp is not None:
             pool.checkin(smtp)
-    _mark_sent_ones(outcomes, deliveries, started)
+    # Mails accepted before the relay went down mid-batch do not say it is back.
+    down = any(isinstance(o, attempts.Parked) for o in outcomes.values())
+    _mark_sent_ones(unmarked, outcomes, started, relay_answered=not down)
     return outcomes
 
 
@@ -259,12 +272,21 @@ def _withheld(deliveries: dict[str, Delivery]) -> dict[str, attempts.Outcome]:
     return held
 
 
-def _send_each(sending, turns, smtp, outcomes, started):
+def _send_each(sending, turns, smtp, outcomes, started, unmarked):
     """Send each claimed row on `smtp` at its turn; return the connection held.
 
-    `outcomes` and `started` (when DATA began) are filled in by task id.
+    `outcomes` and `started` (when DATA began) are filled in by task id;
+    `unmarked` holds the sent rows not marked yet. Sent rows are marked
+    once the oldest of them went out MARK_EVERY ago, so a worker killed
+    mid-batch leaves no more to be sent again than that. A throttle reply or
+    the relay going down stops the batch: the rows after it go back to
+    wait, as the per-mail path would send them, with no retry spent.
     """
+    stopped_by = None
     for task_id, delivery in sending:
+        if stopped_by is not None:
+            outcomes[task_id] = _set_aside(delivery, task_id, stopped_by)
+            continue
         if smtp is None:
             outcomes[task_id] = _no_connection(delivery, task_id)
             continue
@@ -283,12 +305,47 @@ def _send_each(sending, turns, smtp, outcomes, started):
             outcomes[task_id] = attempts._counted(
                 outcome, error=error, started=started[task_id]
             )
+            if isinstance(outcome, (attempts.Throttled, attempts.Parked)):
+                stopped_by = outcome
         else:
             outcomes[task_id] = attempts.Sent(delivery.kind)
+            unmarked[task_id] = delivery
+        if unmarked and time.monotonic() - started[next(iter(unmarked))] >= MARK_EVERY:
+            _mark_sent_ones(unmarked, outcomes, started)
         if smtp.broken:
             pool.checkin(smtp)
-            smtp = _reconnect()
+            smtp = _reconnect() if stopped_by is None else None
     return smtp
+
+
+def _set_aside(delivery: Delivery, task_id: str, cause) -> attempts.Outcome:
+    """A claimed row after a throttle or an outage in its batch: not sent.
+
+    Throttled: back to pending for a countdown of its own, as the budget
+    sends it back. Parked: set aside with the relay's reason until it
+    answers again. No retry spent either way; the limit was learned (or
+    the relay marked down) once, from the reply that stopped the batch.
+    """
+    if isinstance(cause, attempts.Parked):
+        return attempts._counted(
+            attempts._park(
+                delivery.pk, task_id, cause.code, cause.reason, delivery.kind
+            )
+        )
+    outcome = attempts.Throttled(
+        attempts.throttle_countdown(attempts.THROTTLE_COUNTDOWN_MIN),
+        code=cause.code,
+        reason=cause.reason,
+        kind=delivery.kind,
+    )
+    requeued = claims.requeue_throttled(
+        delivery_id=delivery.pk,
+        task_id=task_id,
+        countdown=outcome.countdown,
+        code=cause.code,
+        reason=cause.reason,
+    )
+    return attempts._counted(outcome if requeued else attempts.Skipped(delivery.kind))
 
 
 def _reconnect():
@@ -315,12 +372,14 @@ def _no_connection(delivery: Delivery, task_id: str) -> attempts.Outcome:
     return attempts._counted(outcome if requeued else attempts.Skipped(delivery.kind))
 
 
-def _mark_sent_ones(outcomes: dict, deliveries: dict, started: dict) -> None:
-    sent = {
-        t: deliveries[t] for t, o in outcomes.items() if isinstance(o, attempts.Sent)
-    }
-    if not sent:
+def _mark_sent_ones(
+    unmarked: dict, outcomes: dict, started: dict, *, relay_answered: bool = True
+) -> None:
+    """Mark the sent rows of `unmarked` in one statement, and empty it."""
+    if not unmarked:
         return
+    sent = dict(unmarked)
+    unmarked.clear()
     marked = _record_sent({t: d.pk for t, d in sent.items()})
     for task_id, delivery in sent.items():
         if delivery.pk not in marked:
@@ -335,7 +394,8 @@ def _mark_sent_ones(outcomes: dict, deliveries: dict, started: dict) -> None:
             started=started[task_id],
             latency=metrics.seconds_since_commit(delivery),
         )
-    relay.note_delivered()
+    if relay_answered:
+        relay.note_delivered()
 
 
 def _record_sent(by_task: dict[str, int]) -> set[int]:
