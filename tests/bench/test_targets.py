@@ -59,3 +59,49 @@ def test_reruns_must_take_at_most_1_5x_a_bare_publish_of_as_many_messages():
     assert met.met and met.measured == "1.50x (3.00 vs 2.00 s)"
     assert not unmet.met
     assert "| bare publish, 10000 messages | 2.00 (1.90-2.10) |" in text
+
+
+def throughput(ours_queue, ours_send, peer_queue, peer_send):
+    from bench import fig_throughput
+
+    def row(queue, send):
+        return {
+            "rate": Runs([100.0]),
+            "enqueue_cpu": Runs([queue]),
+            "send_cpu": Runs([send]),
+            "whole_cpu": Runs([queue + send]),
+            "connections": Runs([2.0]),
+        }
+
+    rows = {}
+    for delay in (50, 0):
+        rows[("this project", delay)] = row(ours_queue, ours_send)
+        rows[("post_office, docs", delay)] = row(peer_queue, peer_send)
+    data = {
+        "systems": [("this project", None), ("post_office, docs", "post_office")],
+        "rows": rows,
+        "unsent": {},
+        "stale_locks": {},
+        "floor": {"rate": Runs([500.0]), "cpu": Runs([3.0]), "count": 1000},
+        "ceiling": {
+            d: {"rate": Runs([900.0]), "cpu": Runs([0.1]), "count": 40} for d in (50, 0)
+        },
+        "runs": 1,
+        "startup": "this project: 1.00",
+    }
+    text, targets = fig_throughput.section(data)
+    return text, {t.name.split(",")[0]: t for t in targets}
+
+
+def test_whole_pipeline_cpu_adds_the_queuing_side_to_the_sending_side():
+    # Cheaper to send, dearer to queue: the whole pipeline says which wins.
+    _, dearer = throughput(ours_queue=2.0, ours_send=1.5, peer_queue=1.0, peer_send=2.0)
+    _, cheaper = throughput(
+        ours_queue=1.0, ours_send=1.5, peer_queue=1.0, peer_send=2.0
+    )
+
+    name = "Whole-pipeline CPU per mail"
+    assert not dearer[name].met
+    assert dearer[name].measured == "1.17x post_office, docs (3.50 vs 3.00 ms)"
+    assert cheaper[name].met
+    assert dearer["Worker CPU per mail (0 ms relay) <= the best peer's"].met
