@@ -216,8 +216,10 @@ def _send_plainly(by_task: dict[str, int]) -> dict[str, attempts.Outcome]:
         return {}
     try:
         smtp = pool.checkout(wait=attempts.BUDGET_WAIT)
-    except (NoBudget, OSError):  # judged by the per-mail path, one by one
+    except NoBudget:  # judged by the per-mail path, one by one
         return {}
+    except OSError as error:
+        return _unreachable(by_task, error)
     try:
         try:
             deliveries = claim_deliveries({t: by_task[t] for t in turns})
@@ -237,6 +239,28 @@ def _send_plainly(by_task: dict[str, int]) -> dict[str, attempts.Outcome]:
     down = any(isinstance(o, attempts.Parked) for o in outcomes.values())
     _mark_sent_ones(unmarked, outcomes, started, relay_answered=not down)
     return outcomes
+
+
+def _unreachable(by_task: dict[str, int], error: OSError) -> dict:
+    """No connection to the relay: the batch's first mail fails as it would alone.
+
+    It is claimed and judged by the reply (a timeout or a refusal parks it
+    and marks the relay down); the rest take the per-mail path, which finds
+    the relay down and parks them unclaimed, instead of each waiting out
+    the same connect.
+    """
+    task_id, delivery_id = next(iter(by_task.items()))
+    try:
+        claimed = claim_deliveries({task_id: delivery_id})
+    except DatabaseError:
+        return {}
+    if task_id not in claimed:
+        return {task_id: attempts._counted(attempts.Skipped())}
+    others = attempts._others_open(mine=False)
+    outcome = attempts._after_failure(
+        claimed[task_id], task_id, error, others_open=others
+    )
+    return {task_id: attempts._counted(outcome, error=error)}
 
 
 def _reserve_turns(by_task: dict[str, int]) -> dict[str, float]:

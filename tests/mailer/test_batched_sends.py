@@ -90,3 +90,28 @@ def test_sent_rows_are_marked_as_the_batch_goes_on_a_slow_relay(
     # Before each mail's DATA, every mail before it in the batch is marked.
     assert marked_while_sending == [0, 1, 2, 3]
     assert statuses(deliveries) == ["sent"] * 4
+
+
+def test_no_connection_to_the_relay_fails_the_first_mail_alone_and_marks_it_down(
+    relay_budget, monkeypatch
+):
+    def refused(**_):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(batching.pool, "checkout", refused)
+    deliveries = batch_of(5, "unreachable")
+
+    outcomes = send(deliveries)
+
+    # The first is parked as it would be alone; the rest are left to the
+    # per-mail path, which finds the relay down and parks them unclaimed.
+    assert {t: o.name for t, o in outcomes.items()} == {deliveries[0].task_id: "parked"}
+    first = Delivery.objects.get(pk=deliveries[0].pk)
+    assert (first.attempts, first.retries, first.waiting_for_relay) == (1, 0, True)
+    assert "refused" in first.last_error.lower()
+    assert RelayState.objects.filter(down_since__isnull=False).exists()
+    assert statuses(deliveries[1:]) == ["pending"] * 4
+    assert all(
+        row.attempts == 0
+        for row in Delivery.objects.filter(pk__in=[d.pk for d in deliveries[1:]])
+    )
