@@ -5,11 +5,12 @@
 Not part of `make bench`. Each run queues a backlog of welcome mails with
 nothing consuming it (bench/peers/driver.py, one transaction per mail),
 then starts one worker on it and times from its start to the relay's last
-250 (a 0 ms relay, bench/relay.py). Worker CPU is user+system time of the
-worker process at that moment, less its median CPU when started on an empty
-queue (measured to the same point after `ready`). Modes are interleaved, one
-warm-up run each first; every run checks that each mail reached the relay
-exactly once. PostgreSQL when BENCH_DATABASE_URL names a server, else SQLite.
+250 (a 0 ms relay, bench/relay.py; `--relay-ms` for a slower one). Worker
+CPU is user+system time of the worker process at that moment, less its
+median CPU when started on an empty queue (measured to the same point after
+`ready`). Modes are interleaved, one warm-up run each first; every run
+checks that each mail reached the relay exactly once. PostgreSQL when
+BENCH_DATABASE_URL names a server, else SQLite.
 
 With `--rate 50` it measures latency instead: each worker started on an
 empty queue, mails queued at that steady rate, commit-to-250 per mail.
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="latency at this steady rate")
     parser.add_argument("--threads", default="4", help="batched workers' threads")
     parser.add_argument("--linger", help="MAILER_BATCH_LINGER_MS of batched workers")
+    parser.add_argument("--relay-ms", type=int, default=0, help="the relay's delay")
     args = parser.parse_args()
 
     directory = Path(tempfile.mkdtemp(prefix="bench-batching-"))
@@ -153,7 +155,7 @@ def main() -> None:
     serial = 0
     try:
         stack.start_redis()
-        stack.start_relay(delay_ms=0)
+        stack.start_relay(delay_ms=args.relay_ms)
         stack.migrate()
         relay = RelayLog(stack.relay_log)
         if args.rate:
@@ -217,7 +219,8 @@ def latencies(stack, relay, chosen, args) -> None:
 
 def report(runs, idle, args, database) -> None:
     print(
-        f"\n{args.mails} mails per run, {args.runs} interleaved runs, 0 ms relay, "
+        f"\n{args.mails} mails per run, {args.runs} interleaved runs, "
+        f"{args.relay_ms} ms relay, "
         f"{database.server_version()}, {os.cpu_count()} cores\n"
     )
     print("| worker | mails/s | worker CPU ms/mail | idle start-up CPU s | batches |")
