@@ -214,12 +214,13 @@ def _send_plainly(by_task: dict[str, int]) -> dict[str, attempts.Outcome]:
     turns = _reserve_turns(by_task)
     if not turns:
         return {}
+    connecting = time.monotonic()
     try:
         smtp = pool.checkout(wait=attempts.BUDGET_WAIT)
     except NoBudget:  # judged by the per-mail path, one by one
         return {}
-    except OSError as error:
-        return _unreachable(by_task, error)
+    except OSError as error:  # refused, timed out, 421 at the greeting
+        return _unreachable(by_task, error, connecting)
     try:
         try:
             deliveries = claim_deliveries({t: by_task[t] for t in turns})
@@ -241,26 +242,18 @@ def _send_plainly(by_task: dict[str, int]) -> dict[str, attempts.Outcome]:
     return outcomes
 
 
-def _unreachable(by_task: dict[str, int], error: OSError) -> dict:
-    """No connection to the relay: the batch's first mail fails as it would alone.
-
-    It is claimed and judged by the reply (a timeout or a refusal parks it
-    and marks the relay down); the rest take the per-mail path, which finds
-    the relay down and parks them unclaimed, instead of each waiting out
-    the same connect.
+def _unreachable(by_task: dict[str, int], error: OSError, started: float) -> dict:
+    """No connection to the relay: the batch's first mail is judged as it would be
+    alone (`attempts._refused_at_connect`: throttled and held unclaimed, or
+    claimed and parked with the relay marked down); the rest take the
+    per-mail path, which then finds the relay down and parks them unclaimed,
+    instead of each waiting out the same connect. (A database error's retry
+    countdown is then the first one's: the batch does not know the task's
+    retries; Celery still counts them.)
     """
     task_id, delivery_id = next(iter(by_task.items()))
-    try:
-        claimed = claim_deliveries({task_id: delivery_id})
-    except DatabaseError:
-        return {}
-    if task_id not in claimed:
-        return {task_id: attempts._counted(attempts.Skipped())}
-    others = attempts._others_open(mine=False)
-    outcome = attempts._after_failure(
-        claimed[task_id], task_id, error, others_open=others
-    )
-    return {task_id: attempts._counted(outcome, error=error)}
+    outcome = attempts._refused_at_connect(delivery_id, task_id, 0, error, started)
+    return {task_id: outcome}
 
 
 def _reserve_turns(by_task: dict[str, int]) -> dict[str, float]:
