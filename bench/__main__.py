@@ -19,6 +19,7 @@ FIGURES = [
     "mail_path",
     "registration",
     "latency",
+    "sustained",
     "throughput",
     "stages",
     "faults",

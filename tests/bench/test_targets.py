@@ -105,3 +105,45 @@ def test_whole_pipeline_cpu_adds_the_queuing_side_to_the_sending_side():
     assert dearer[name].measured == "1.17x post_office, docs (3.50 vs 3.00 ms)"
     assert cheaper[name].met
     assert dearer["Worker CPU per mail (0 ms relay) <= the best peer's"].met
+
+
+def sustained_rows(ours_steps, ours_stop, peer_steps, peer_stop):
+    from bench import fig_sustained
+
+    data = {
+        "rows": {
+            "this project": {"steps": ours_steps, "stop": ours_stop},
+            "celery-email, 2 x 16 threads": {"steps": peer_steps, "stop": peer_stop},
+        },
+        "window": 60,
+    }
+    text, [target] = fig_sustained.section(data)
+    return text, target
+
+
+def test_the_sustained_rate_is_the_last_step_held_and_must_beat_every_peer():
+    ours = [(25, 40.0, True), (50, 60.0, True), (75, 2400.0, False)]
+    peer = [(25, 30.0, True), (50, 900.0, True), (75, 1500.0, False)]
+    text, tied = sustained_rows(
+        ours, "p99 2400 ms at 75/s", peer, "p99 1500 ms at 75/s"
+    )
+    ahead = [(25, 40.0, True), (50, 60.0, True), (75, 300.0, True)]
+    _, beaten = sustained_rows(ahead + [(110, 5000.0, False)], "p99", peer, "p99")
+
+    assert not tied.met  # equal is not above
+    assert tied.measured.startswith("50/s vs 50/s (celery-email, 2 x 16 threads)")
+    assert (
+        "| this project | 50 | 25: 40, 50: 60, 75: 2400 | p99 2400 ms at 75/s |" in text
+    )
+    assert beaten.met and beaten.measured.startswith("75/s vs 50/s")
+
+
+def test_a_step_the_driver_could_not_keep_to_does_not_count_as_held():
+    from bench import fig_sustained
+
+    result = {
+        "steps": [(25, 40.0, True), (50, 45.0, False)],
+        "stop": "the driver, 3.0 s behind at 50/s",
+    }
+
+    assert fig_sustained.sustained(result) == 25

@@ -1,0 +1,117 @@
+"""Figure: the highest steady arrival rate each system sends at with p99 <= 1 s."""
+
+from bench.fig_latency import measure_at
+from bench.harness import Target, render, table_rows
+from bench.peers.systems import by_label
+from bench.stats import percentile
+
+TEXT = """
+## Sustained rate: the highest steady rate at commit-to-250 p99 <= 1 s
+
+bench/peers/driver.py registers users at a fixed rate (one transaction each,
+open loop) for $window s per step, relay 0 ms, everything on this machine;
+the rate steps up ($ladder registrations/s) until a step's commit-to-250 p99
+passes $bound_ms ms or the driver falls more than $lag_s s behind its
+schedule (the load generator's own limit, shared cores). A system's sustained
+rate is its last step that held. The system's senders run throughout, started
+before its first step; a warm-up of $warm mails goes first. Latency as in the
+figure above: from just before the registration's transaction begins to the
+relay's 250.
+
+| system | sustained rate /s | steps (rate: p99 ms) | stopped by |
+| --- | --- | --- | --- |
+$rows
+"""
+
+LABELS = [
+    "this project",
+    "post_office, its Celery trigger",
+    "django-mailer, runmailer_pg (PostgreSQL) or runmailer",
+    "celery-email, 2 x 16 threads",
+]
+LADDER = (25, 50, 75, 110, 160, 240, 360)
+BOUND_MS = 1000.0  # the issue's bound on commit-to-250 p99
+LAG_S = 1.0  # seconds behind schedule at which the driver is the limit
+WARM = 25
+
+
+def run(bench) -> dict:
+    found = by_label(bench.stack.database.vendor)
+    window = bench.size(60, 10)
+    rows = {}
+    for index, label in enumerate(LABELS):
+        system = found[label]
+        bench.peers.prepare(system)
+        name = f"sus{index}-"
+        if system.peer is None:
+            bench.ensure_project_worker()
+        elif system.sender:
+            bench.peers.start(system, name)
+        try:
+            measure_at(bench, system, WARM, rate=LADDER[0])
+            rows[label] = climb(bench, system, window)
+        except Exception as error:  # noqa: BLE001 - a peer that cannot run is reported
+            if system.peer is None:
+                raise
+            rows[label] = {"steps": [], "stop": f"{type(error).__name__}: {error}"}
+        finally:
+            if system.peer and system.sender:
+                bench.peers.stop(system, name)
+    return {"rows": rows, "window": window}
+
+
+def climb(bench, system, window: int) -> dict:
+    """Step the rate up until a step misses the bound; every step's result."""
+    steps = []
+    for rate in LADDER:
+        try:
+            delays, lag = measure_at(bench, system, rate * window, rate=rate)
+        except AssertionError:  # wait_until's timeout: a backlog it cannot drain
+            steps.append((rate, float("inf"), False))
+            return {"steps": steps, "stop": f"mails still unsent at {rate}/s"}
+        p99 = percentile(delays, 99)
+        if lag > LAG_S:
+            steps.append((rate, p99, False))
+            return {
+                "steps": steps,
+                "stop": f"the driver, {lag:.1f} s behind at {rate}/s",
+            }
+        steps.append((rate, p99, p99 <= BOUND_MS))
+        if p99 > BOUND_MS:
+            return {"steps": steps, "stop": f"p99 {p99:.0f} ms at {rate}/s"}
+    return {"steps": steps, "stop": f"none: the ladder ends at {LADDER[-1]}/s"}
+
+
+def sustained(result: dict) -> int:
+    """The last rate whose step held (p99 within the bound, the driver on time)."""
+    return max((rate for rate, _, held in result["steps"] if held), default=0)
+
+
+def section(data) -> tuple[str, list]:
+    rows = []
+    for label, result in data["rows"].items():
+        steps = ", ".join(f"{rate}: {p99:.0f}" for rate, p99, _ in result["steps"])
+        rows.append([label, str(sustained(result)), steps or "-", result["stop"]])
+    text = render(
+        TEXT,
+        window=data["window"],
+        ladder=", ".join(map(str, LADDER)),
+        bound_ms=f"{BOUND_MS:.0f}",
+        lag_s=f"{LAG_S:g}",
+        warm=WARM,
+        rows=table_rows(rows),
+    )
+    name = "Sustained rate at commit-to-250 p99 <= 1 s > every peer's"
+    ours = data["rows"].get("this project")
+    peers = {
+        k: v for k, v in data["rows"].items() if k != "this project" and v["steps"]
+    }
+    if ours is None or not peers:
+        return text, [Target(name, "not measured", None)]
+    best = max(peers, key=lambda k: sustained(peers[k]))
+    mine, theirs = sustained(ours), sustained(peers[best])
+    capped = ours["stop"].startswith(("the driver", "none"))
+    measured = f"{mine}/s vs {theirs}/s ({best})"
+    if capped and mine <= theirs:
+        measured += "; this project's climb ended at the load generator's limit"
+    return text, [Target(name, measured, mine > theirs)]
