@@ -74,8 +74,8 @@ def section(data) -> tuple[str, list]:
     )
     return text, [
         Target(
-            "Mail path cost <= 5% of the median registration",
+            "Mail path cost <= 4% of the median registration",
             f"{added:+.2f} of {median:.1f} ms ({share:.1%})",
-            share <= 0.05,
+            share <= 0.04,
         )
     ]

@@ -147,3 +147,24 @@ def test_a_step_the_driver_could_not_keep_to_does_not_count_as_held():
     }
 
     assert fig_sustained.sustained(result) == 25
+
+
+def mail_path(added: float, connected: float):
+    from bench import fig_mail_path
+
+    runs = Runs([connected])
+    data = {
+        "rounds": {"connected": runs, "disconnected": Runs([connected - added])},
+        "medians": {"connected": connected, "disconnected": connected - added},
+        "added": added,
+        "requests": 400,
+        "rounds_count": 40,
+        "block": 10,
+    }
+    _, [target] = fig_mail_path.section(data)
+    return target
+
+
+def test_the_mail_path_may_add_at_most_4_percent_to_a_registration():
+    assert mail_path(added=1.20, connected=30.0).met  # 4.0%
+    assert not mail_path(added=1.25, connected=30.0).met  # 4.2%
