@@ -355,12 +355,19 @@ def _set_aside(delivery: Delivery, task_id: str, cause) -> attempts.Outcome:
         reason=cause.reason,
         kind=delivery.kind,
     )
+    return _requeued(delivery, task_id, outcome)
+
+
+def _requeued(
+    delivery: Delivery, task_id: str, outcome: attempts.Throttled
+) -> attempts.Outcome:
+    """A claimed row back to pending for `outcome`'s countdown, no retry spent."""
     requeued = claims.requeue_throttled(
         delivery_id=delivery.pk,
         task_id=task_id,
         countdown=outcome.countdown,
-        code=cause.code,
-        reason=cause.reason,
+        code=outcome.code,
+        reason=outcome.reason,
     )
     return attempts._counted(outcome if requeued else attempts.Skipped(delivery.kind))
 
@@ -379,14 +386,7 @@ def _no_connection(delivery: Delivery, task_id: str) -> attempts.Outcome:
         reason="relay budget: connections",
         kind=delivery.kind,
     )
-    requeued = claims.requeue_throttled(
-        delivery_id=delivery.pk,
-        task_id=task_id,
-        countdown=outcome.countdown,
-        code=None,
-        reason=outcome.reason,
-    )
-    return attempts._counted(outcome if requeued else attempts.Skipped(delivery.kind))
+    return _requeued(delivery, task_id, outcome)
 
 
 def _mark_sent_ones(
