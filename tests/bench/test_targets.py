@@ -168,3 +168,21 @@ def mail_path(added: float, connected: float):
 def test_the_mail_path_may_add_at_most_4_percent_to_a_registration():
     assert mail_path(added=1.20, connected=30.0).met  # 4.0%
     assert not mail_path(added=1.25, connected=30.0).met  # 4.2%
+
+
+def test_a_step_past_the_bound_is_the_systems_limit_even_if_the_driver_lagged(
+    monkeypatch,
+):
+    from bench import fig_sustained
+
+    answers = {50: ([10.0] * 100, 0.0), 75: ([2000.0] * 100, 5.0)}
+    monkeypatch.setattr(
+        fig_sustained, "measure_at", lambda bench, system, n, *, rate: answers[rate]
+    )
+
+    result = fig_sustained.climb(None, None, 60)
+
+    assert result["stop"] == "p99 2000 ms at 75/s (the driver 5.0 s behind)"
+    assert fig_sustained.sustained(result) == 50
+    _, target = sustained_rows(result["steps"], result["stop"], [(50, 9.0, True)], "")
+    assert "load generator" not in target.measured
