@@ -45,8 +45,18 @@ def worker_processes() -> int:
     return int(os.environ.get("WORKER_PROCESSES", default))
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live children (pool processes)."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command's name, or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def process_cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU of a process and its live children (pool processes);
+    with `reaped`, also the children that exited and it waited for (a
+    PostgreSQL backend's, once its connection closed, in the postmaster's)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     pids = [pid]
@@ -54,11 +64,11 @@ def process_cpu_seconds(pid: int) -> float:
         children = (task / "children").read_text().split()
         pids.extend(int(child) for child in children)
     for each in pids:
-        try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
+        if (fields := _stat(each)) is None:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick
+        if reaped and each == pid:
+            total += (int(fields[13]) + int(fields[14])) / tick
     return total
 
 
@@ -97,6 +107,20 @@ class Database:
             return f"sqlite:///{self.directory / name}.sqlite3"
         self._admin(f'CREATE DATABASE "{name}"')
         return urlunsplit(urlsplit(self.server_url)._replace(path=f"/{name}"))
+
+    def server_pid(self) -> int | None:
+        """The PostgreSQL server's postmaster, when it runs on this machine
+        (the parent of this connection's backend); None for SQLite."""
+        if not self.server_url:
+            return None
+        if not hasattr(self, "_server_pid"):
+            import psycopg
+
+            with psycopg.connect(self.server_url, autocommit=True) as conn:
+                backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            fields = _stat(backend)
+            self._server_pid = int(fields[1]) if fields else None
+        return self._server_pid
 
     def server_version(self) -> str:
         if not self.server_url:
@@ -180,6 +204,15 @@ class Stack:
                 return False
 
         wait_until(ping, timeout=10, what="redis-server")
+
+    def servers_cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the servers every system shares: this run's
+        redis-server and, on PostgreSQL, the server with its backends (the
+        whole server's, whoever used it)."""
+        used = {"Redis": process_cpu_seconds(self.processes["redis"].pid)}
+        if pid := self.database.server_pid():
+            used["PostgreSQL"] = process_cpu_seconds(pid, reaped=True)
+        return used
 
     def redis_url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/{db}"

@@ -133,7 +133,8 @@ def test_the_sustained_rate_is_the_last_step_held_and_must_beat_every_peer():
     assert not tied.met  # equal is not above
     assert tied.measured.startswith("50/s vs 50/s (celery-email, 2 x 16 threads)")
     assert (
-        "| this project | 50 | 25: 40, 50: 60, 75: 2400 | p99 2400 ms at 75/s |" in text
+        "| this project | 50 | 25: 40, 50: 60, 75: 2400 | - | p99 2400 ms at 75/s |"
+        in text
     )
     assert beaten.met and beaten.measured.startswith("75/s vs 50/s")
 
@@ -175,14 +176,54 @@ def test_a_step_past_the_bound_is_the_systems_limit_even_if_the_driver_lagged(
 ):
     from bench import fig_sustained
 
-    answers = {50: ([10.0] * 100, 0.0), 75: ([2000.0] * 100, 5.0)}
+    answers = {50: ([10.0] * 100, 0.0), 65: ([2000.0] * 100, 5.0)}
     monkeypatch.setattr(
         fig_sustained, "measure_at", lambda bench, system, n, *, rate: answers[rate]
     )
 
     result = fig_sustained.climb(None, None, 60)
 
-    assert result["stop"] == "p99 2000 ms at 75/s (the driver 5.0 s behind)"
+    assert result["stop"] == "p99 2000 ms at 65/s (the driver 5.0 s behind)"
     assert fig_sustained.sustained(result) == 50
     _, target = sustained_rows(result["steps"], result["stop"], [(50, 9.0, True)], "")
     assert "load generator" not in target.measured
+
+
+def test_a_probed_rate_counts_only_once_held_for_the_whole_window(monkeypatch):
+    from bench import fig_sustained
+
+    calls = []
+
+    def measure_at(bench, system, count, *, rate):
+        calls.append((rate, count // rate))
+        held = rate <= 80 if count // rate == 10 else rate <= 65  # a slow backlog
+        return [10.0 if held else 1500.0] * 100, 0.0
+
+    monkeypatch.setattr(fig_sustained, "measure_at", measure_at)
+
+    result = fig_sustained.climb(None, None, 60, probe=10)
+
+    assert calls == [(50, 10), (65, 10), (80, 10), (100, 10), (80, 60), (65, 60)]
+    assert result["probes"] == [
+        (50, 10.0, True), (65, 10.0, True), (80, 10.0, True), (100, 1500.0, False)
+    ]  # fmt: skip
+    assert result["steps"] == [(80, 1500.0, False), (65, 10.0, True)]
+    assert fig_sustained.sustained(result) == 65
+    assert result["stop"] == "p99 1500 ms at 100/s; held for 60 s: p99 1500 ms at 80/s"
+
+
+def test_quick_probes_are_the_steps_when_the_window_is_no_longer(monkeypatch):
+    from bench import fig_sustained
+
+    calls = []
+
+    def measure_at(bench, system, count, *, rate):
+        calls.append(rate)
+        return [10.0 if rate <= 65 else 1500.0] * 100, 0.0
+
+    monkeypatch.setattr(fig_sustained, "measure_at", measure_at)
+
+    result = fig_sustained.climb(None, None, 10, probe=10)
+
+    assert calls == [50, 65, 80]
+    assert fig_sustained.sustained(result) == 65 and result["probes"] == []
