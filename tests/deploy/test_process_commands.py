@@ -125,3 +125,14 @@ def test_every_command_names_a_real_program_subcommand_and_options(where, argv):
         from celery.concurrency import get_available_pool_names
 
         assert args[args.index("--pool") + 1] in get_available_pool_names()
+
+
+def test_workers_start_without_waiting_a_second_for_their_neighbours():
+    # Mingle waits a second at start for other workers' revoked tasks, which
+    # the service never uses; gossip subscribes to every worker's events.
+    for argv in (
+        procfile()["worker"],
+        compose_command(compose()["services"]["worker"]),
+    ):
+        assert "--without-mingle" in argv
+        assert "--without-gossip" in argv

@@ -145,8 +145,8 @@ def _summary(facts: RunFacts, verdict: Verdict) -> list[str]:
 
 PROCESSES = (
     "gunicorn project.wsgi --workers 2; two `celery worker --pool threads "
-    "--concurrency 16 --prefetch-multiplier 2` (the Procfile's, plus "
-    "tests.support's --without-mingle --without-gossip), each leading its own "
+    "--concurrency 16 --prefetch-multiplier 2 --without-mingle --without-gossip` "
+    "(the Procfile's), each leading its own "
     "process group; celery beat; redis-server --appendonly yes; the relay "
     "(aiosmtpd) in the soak process"
 )

@@ -108,7 +108,8 @@ class ProjectProcess:
 class WorkerProcess(ProjectProcess):
     """`celery -A celery_app worker` as a real process."""
 
-    # The Procfile's worker: `--pool threads --concurrency 16 --prefetch-multiplier 2`.
+    # The Procfile's worker: `--pool threads --concurrency 16 --prefetch-multiplier 2
+    # --without-mingle --without-gossip`.
     PROCFILE = {"pool": "threads", "concurrency": 16, "prefetch_multiplier": 2}
 
     def __init__(
