@@ -62,17 +62,23 @@ def measure(bench, system, count: int) -> list[float]:
     return measure_at(bench, system, count, rate=50)[0]
 
 
-def measure_at(bench, system, count: int, *, rate: float) -> tuple[list, float]:
-    """Register `count` users at `rate`/s; commit-to-250 ms of each, and how
-    many seconds the driver fell behind its schedule by its last one."""
+def measure_at(
+    bench, system, count: int, *, rate: float, drivers: int = 1
+) -> tuple[list, float]:
+    """Register `count` users at `rate`/s from `drivers` processes; commit-to-250
+    ms of each, and how many seconds a driver fell behind its schedule at worst."""
     prefix = bench.prefix("lat")
-    queued = bench.peers.enqueue(
-        system, count=count, prefix=prefix, tag="+d0", rate=rate
-    )
+    if drivers > 1:
+        queued = bench.peers.enqueue_parallel(
+            system, drivers=drivers, count=count, rate=rate, prefix=prefix, tag="+d0"
+        )
+    else:
+        queued = bench.peers.enqueue(
+            system, count=count, prefix=prefix, tag="+d0", rate=rate
+        )
     began = queued["began"]
     accepted = bench.relay.wait_for(list(began), timeout=120 + count / rate)
-    lag = max(began.values()) - min(began.values()) - (len(began) - 1) / rate
-    return [(accepted[e] - b) * 1000 for e, b in began.items()], max(0.0, lag)
+    return [(accepted[e] - b) * 1000 for e, b in began.items()], queued["lag"]
 
 
 def section(data) -> tuple[str, list]:

@@ -1,13 +1,16 @@
 """Queue welcome mails the way one system does, in that system's virtualenv.
 
     python -m bench.peers.driver --system project --count 500 --prefix p1 [--rate 50]
+        [--start-at UNIX_TIME]
 
 Creates the users in one bulk insert, then queues each welcome mail in its own
 transaction, as a registration would: the project writes its outbox row and
 publishes after commit (rendering waits for the worker); a peer renders the
 same templates here and hands the mail to Django's mail API, whose
 EMAIL_BACKEND is the peer's queue. Prints JSON: when each registration's
-transaction began, and the CPU this process spent queuing, per mail.
+transaction began, the CPU this process spent queuing, per mail, and (with
+--rate) how far it fell behind its schedule at worst, in seconds. With
+--start-at the schedule starts then (drivers in parallel share one clock).
 """
 
 import argparse
@@ -54,6 +57,7 @@ def main() -> None:
     parser.add_argument("--prefix", default="x")
     parser.add_argument("--tag", default="", help="relay tags, a comma list")
     parser.add_argument("--rate", type=float, help="registrations per second")
+    parser.add_argument("--start-at", type=float, help="unix time of the first")
     parser.add_argument("--migrate", action="store_true")
     args = parser.parse_args()
 
@@ -90,16 +94,19 @@ def main() -> None:
         [User(email=email, password=hashed) for email in emails], batch_size=1000
     )
     began: dict[str, float] = {}
-    cpu = time.process_time()
-    start = time.perf_counter()
+    cpu, lag = time.process_time(), 0.0
+    start = args.start_at or time.time()
     for index, user in enumerate(users):
         if args.rate:
-            time.sleep(max(0.0, start + index / args.rate - time.perf_counter()))
+            due = start + index / args.rate
+            time.sleep(max(0.0, due - time.time()))
+            lag = max(lag, time.time() - due)
         began[user.email] = time.time()
         with transaction.atomic():
             enqueue(user)
     cpu_ms = (time.process_time() - cpu) * 1000 / max(1, len(users))
-    print(json.dumps({"began": began, "cpu_ms": cpu_ms, "done": time.time()}))
+    answer = {"began": began, "cpu_ms": cpu_ms, "done": time.time(), "lag": lag}
+    print(json.dumps(answer))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ from tests.support import wait_until
 
 VENVS = ROOT / "var" / "peers"
 PEER_WORKER = ["-m", "celery", "-A", "bench.peers.worker", "worker", "-l", "INFO"]
+# Tuned as this project's Procfile worker runs: threads, no wait for neighbours.
 THREADS = ["--pool", "threads", "--concurrency", "16"]
+THREADS += ["--without-mingle", "--without-gossip"]
 COMMAND = ["-m", "django"]
+DRIVER_SETUP_S = 5.0  # parallel drivers start their schedule this long after launch
 
 
 @dataclass
@@ -149,6 +152,48 @@ class Peers:
         if done.returncode:
             raise RuntimeError(f"{system.label}: driver failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def enqueue_parallel(
+        self, system: System, *, drivers: int, count: int, rate: float, **options
+    ) -> dict:
+        """`drivers` drivers at once, each with its share of `count` at its
+        share of `rate`, their schedules interleaved on one clock (driver k
+        starts k/rate s after the first); their JSON answers merged."""
+        argv = [python(system.peer), "-m", "bench.peers.driver"]
+        argv += ["--system", system.peer or "project"]
+        for name, value in options.items():
+            argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+        start = time.time() + DRIVER_SETUP_S
+        running = []
+        for k in range(drivers):
+            share = count // drivers + (k < count % drivers)
+            extra = ["--count", str(share), "--rate", str(rate / drivers)]
+            extra += ["--start-at", str(start + k / rate)]
+            prefix = ["--prefix", f"{options.get('prefix', 'x')}k{k}"]
+            running.append(
+                subprocess.Popen(
+                    [*argv, *extra, *prefix],
+                    cwd=self.cwd(system),
+                    env=self.env(system),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )  # fmt: skip
+            )
+        answers = []
+        for driver in running:
+            out, err = driver.communicate(timeout=600)
+            if driver.returncode:
+                raise RuntimeError(f"{system.label}: driver failed:\n{err[-3000:]}")
+            answers.append(json.loads(out.strip().splitlines()[-1]))
+        sizes = [len(a["began"]) for a in answers]
+        return {
+            "began": {e: t for a in answers for e, t in a["began"].items()},
+            "cpu_ms": sum(a["cpu_ms"] * n for a, n in zip(answers, sizes, strict=True))
+            / max(1, sum(sizes)),
+            "done": max(a["done"] for a in answers),
+            "lag": max(a["lag"] for a in answers),
+        }
 
     def start(self, system: System, name: str) -> list[int]:
         """Start a loop or worker system's processes; return their pids."""

@@ -178,7 +178,9 @@ def test_a_step_past_the_bound_is_the_systems_limit_even_if_the_driver_lagged(
 
     answers = {50: ([10.0] * 100, 0.0), 65: ([2000.0] * 100, 5.0)}
     monkeypatch.setattr(
-        fig_sustained, "measure_at", lambda bench, system, n, *, rate: answers[rate]
+        fig_sustained,
+        "measure_at",
+        lambda bench, system, n, *, rate, drivers: answers[rate],
     )
 
     result = fig_sustained.climb(None, None, 60)
@@ -194,7 +196,7 @@ def test_a_probed_rate_counts_only_once_held_for_the_whole_window(monkeypatch):
 
     calls = []
 
-    def measure_at(bench, system, count, *, rate):
+    def measure_at(bench, system, count, *, rate, drivers):
         calls.append((rate, count // rate))
         held = rate <= 80 if count // rate == 10 else rate <= 65  # a slow backlog
         return [10.0 if held else 1500.0] * 100, 0.0
@@ -217,7 +219,7 @@ def test_quick_probes_are_the_steps_when_the_window_is_no_longer(monkeypatch):
 
     calls = []
 
-    def measure_at(bench, system, count, *, rate):
+    def measure_at(bench, system, count, *, rate, drivers):
         calls.append(rate)
         return [10.0 if rate <= 65 else 1500.0] * 100, 0.0
 
