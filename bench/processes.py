@@ -118,7 +118,7 @@ class Database:
 
             with psycopg.connect(self.server_url, autocommit=True) as conn:
                 backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-            fields = _stat(backend)
+                fields = _stat(backend)  # while the backend lives
             self._server_pid = int(fields[1]) if fields else None
         return self._server_pid
 
