@@ -9,16 +9,21 @@ import smtplib
 import statistics
 import time
 import uuid
+from dataclasses import replace
 
 from bench.harness import Target, render, table_rows
 from bench.peers.systems import System, systems
-from bench.processes import process_cpu_seconds
+from bench.processes import process_cpu_seconds, procfile_command
 from bench.stats import Runs
 
 # Mails per run at a 50 ms relay (twice as many at 0 ms), sized to a few seconds.
 MAILS = {"None_docs": 400, "post_office_docs": 200, "post_office_tuned": 800}
 MAILS |= {"django_mailer_docs": 40, "django_mailer_tuned": 40}
 MAILS |= {"celery_email_docs": 200, "celery_email_tuned": 200}
+# The batched floor's workers: the Procfile's processes, each on 2 threads
+# taking batches of FLOOR_BATCH (bench.batching's best setting), prefetching
+# a batch per thread and the next while they run.
+FLOOR_BATCH, FLOOR_THREADS = 16, 2
 
 TEXT = """
 ## Throughput and CPU per mail
@@ -59,7 +64,15 @@ $rows
 Floor: the project's workers on a task that does nothing (bench/tasks.py
 `do_nothing`: `acks_late`, task events, a SUCCESS result), started on
 $floor_count queued tasks per run: $floor_rate tasks/s, $floor_cpu ms of
-worker CPU per task.
+worker CPU per task (less the workers' start-up on an empty queue, as above).
+Batched floor: the same with each worker's tasks taken in batches
+(`do_nothing_batched`, `MAILER_BATCH_SIZE=$batch_size` on $batch_threads
+threads, mailer/batching.py: one result upsert per batch, then each task's
+ack and events), the same runs interleaved: $batched_rate tasks/s,
+$batched_cpu ms per task, $batched_to_floor the per-mail floor's. What it
+keeps is Celery's per-message work (receiving and decoding the message, the
+request, its events, its ack): $batched_to_peer the worker CPU of a whole
+mail at $best_peer ($best_peer_cpu ms).
 Ceiling: a bare smtplib loop over one open connection sending one pre-rendered
 message, $ceiling_count per run: $ceiling_rate_50 mails/s at 50 ms (one
 connection waits for each reply), $ceiling_rate_0 at 0 ms, $ceiling_cpu ms of
@@ -96,7 +109,7 @@ def run(bench) -> dict:
         },
         "unsent": unsent,
         "stale_locks": bench.peers.stale_locks - locks_before,
-        "floor": floor(bench, startup["this project"]),
+        "floor": floor(bench, everyone[0], startup["this project"]),
         "ceiling": {d: ceiling(bench, d) for d in (50, 0)},
         "runs": runs,
         "startup": ", ".join(f"{k}: {v:.2f}" for k, v in startup.items()),
@@ -177,31 +190,59 @@ def one_run(bench, system: System, delay: int, startup: float, warm=False) -> di
     }
 
 
-def floor(bench, startup: float) -> dict[str, Runs]:
+def floor_systems(project: System) -> dict[str, tuple[System, str]]:
+    """The floors' workers and tasks: the Procfile's, and batched."""
+    argv = procfile_command("worker")
+    argv[argv.index("--concurrency") + 1] = str(FLOOR_THREADS)
+    multiplier = FLOOR_BATCH * 2 // FLOOR_THREADS + FLOOR_BATCH
+    argv[argv.index("--prefetch-multiplier") + 1] = str(multiplier)
+    batched = replace(
+        project,
+        label="floor, batched",
+        sender=[["-m", *argv]] * len(project.sender),
+        env={"MAILER_BATCH_SIZE": str(FLOOR_BATCH)},
+    )
+    return {
+        "per-mail": (project, "do_nothing"),
+        "batched": (batched, "do_nothing_batched"),
+    }
+
+
+def floor(bench, project: System, startup: float) -> dict:
     """This project's workers running a task that does nothing, same options,
-    started on the queued tasks as the systems are."""
+    started on the queued tasks as the systems are: one task at a time (the
+    Procfile's workers) and in batches, runs interleaved."""
     from django_celery_results.models import TaskResult
 
-    from bench.tasks import do_nothing
+    from bench import tasks
     from tests.support import wait_until
 
+    chosen = floor_systems(project)
+    idle = {"per-mail": startup}
+    idle["batched"] = statistics.median(
+        [idle_cpu(bench, chosen["batched"][0]) for _ in range(4)][1:]
+    )
     count = bench.size(1000)
-    rate, cpu = [], []
+    found = {mode: {"rate": [], "cpu": []} for mode in chosen}
     for run in range(bench.size(3, 2) + 1):  # the first is a warm-up
-        bench.stop_project_worker()
-        ids = [str(uuid.uuid4()) for _ in range(count)]
-        for task_id in ids:
-            do_nothing.apply_async(task_id=task_id)
-        started = time.time()
-        pids = bench.ensure_project_worker()
-        done = TaskResult.objects.filter(task_id__in=ids, status="SUCCESS")
-        wait_until(lambda d=done: d.count() == count, timeout=120, what="no-op tasks")
-        last = max(done.values_list("date_done", flat=True)).timestamp()
-        if run:
-            rate.append(count / (last - started))
-            used = sum(map(process_cpu_seconds, pids)) - startup
-            cpu.append(used * 1000 / count)
-    return {"rate": Runs(rate), "cpu": Runs(cpu), "count": count}
+        for mode, (system, task_name) in chosen.items():
+            task = getattr(tasks, task_name)
+            ids = [str(uuid.uuid4()) for _ in range(count)]
+            for task_id in ids:
+                task.apply_async(task_id=task_id)
+            started = time.time()
+            pids = bench.peers.start(system, "floor-")
+            done = TaskResult.objects.filter(task_id__in=ids, status="SUCCESS")
+            wait_until(lambda d=done: d.count() == count, timeout=120, what=mode)
+            last = max(done.values_list("date_done", flat=True)).timestamp()
+            used = sum(map(process_cpu_seconds, pids)) - idle[mode]
+            bench.peers.stop(system, "floor-")
+            if run:
+                found[mode]["rate"].append(count / (last - started))
+                found[mode]["cpu"].append(used * 1000 / count)
+    per_mail = {name: Runs(values) for name, values in found["per-mail"].items()}
+    batched = {name: Runs(values) for name, values in found["batched"].items()}
+    return per_mail | {"count": count, "batched": batched}
 
 
 def ceiling(bench, delay: int) -> dict:
@@ -269,6 +310,10 @@ def section(data) -> tuple[str, list[Target]]:
         ),
     ]
     ceiling, floor_ = data["ceiling"], data["floor"]
+    batched_cpu = floor_["batched"]["cpu"].median
+    peers = [p for p, peer in data["systems"] if peer and (p, 0) in rows]
+    best = min(peers, key=lambda p: rows[(p, 0)]["send_cpu"].median)
+    best_cpu = rows[(best, 0)]["send_cpu"].median
     project_0 = rows[("this project", 0)]["rate"].median
     text = render(
         TEXT,
@@ -283,6 +328,14 @@ def section(data) -> tuple[str, list[Target]]:
         floor_count=floor_["count"],
         floor_rate=floor_["rate"].show(),
         floor_cpu=floor_["cpu"].show("{:.2f}"),
+        batch_size=FLOOR_BATCH,
+        batch_threads=FLOOR_THREADS,
+        batched_rate=floor_["batched"]["rate"].show(),
+        batched_cpu=floor_["batched"]["cpu"].show("{:.2f}"),
+        batched_to_floor=f"{batched_cpu / floor_cpu:.2f}x",
+        batched_to_peer=f"{batched_cpu / best_cpu:.2f}x",
+        best_peer=best,
+        best_peer_cpu=f"{best_cpu:.2f}",
         ceiling_count=f"{ceiling[50]['count']} (50 ms), {ceiling[0]['count']} (0 ms)",
         ceiling_rate_50=ceiling[50]["rate"].show(),
         ceiling_rate_0=ceiling[0]["rate"].show(),

@@ -87,7 +87,9 @@ def strategy(task, app, consumer, **kwargs):
     thread_pool = type(consumer.pool).__module__ == "celery.concurrency.thread"
     if batch_size() <= 1 or not thread_pool:
         return celery_strategy.default(task, app, consumer, **kwargs)
-    batcher = Batcher(app, consumer, size=batch_size(), linger=batch_linger())
+    batcher = Batcher(
+        app, consumer, size=batch_size(), linger=batch_linger(), send=send_batch
+    )
     return celery_strategy.default(task, app, _Handing(consumer, batcher), **kwargs)
 
 
@@ -117,9 +119,10 @@ class Batcher:
     consumer's event loop, except `_run`, on a pool thread.
     """
 
-    def __init__(self, app, consumer, *, size: int, linger: float) -> None:
+    def __init__(self, app, consumer, *, size: int, linger: float, send) -> None:
         self.app = app
         self.consumer = consumer
+        self.send = send
         self.size = size
         self.linger = linger
         self.limit = consumer.pool.limit or 1
@@ -164,7 +167,7 @@ class Batcher:
             for request in requests:
                 request.on_accepted(os.getpid(), accepted)
             logger.info("batch of %d send tasks", len(requests))
-            send_batch(self.app, requests)
+            self.send(self.app, requests)
         except BaseException:  # noqa: BLE001 - a pool thread must not die silently
             logger.exception("batch of %d send tasks failed", len(requests))
             connections.close_all()
@@ -438,6 +441,18 @@ def _settle_plain(app, requests, outcomes, settled: set[str]) -> None:
     with _found_lock:
         _found.update({t: o for t, o in outcomes.items() if not isinstance(o, PLAIN)})
     done = [r for r in requests if r.id in plain]
+    from mailer.tasks import _log
+
+    def log(request, runtime: float) -> None:
+        _log(_context(request), int(request.args[0]), plain[request.id], runtime)
+
+    settle(app, done, {t: o.name for t, o in plain.items()}, settled, log=log)
+
+
+def settle(app, done: list, results: dict[str, str], settled: set[str], log=None):
+    """Succeed the requests of `done`: their SUCCESS results (by task id in
+    `results`) in one upsert, then each one logged, acked and announced, and
+    added to `settled`."""
     if not done:
         return
     backend = app.backend
@@ -446,19 +461,17 @@ def _settle_plain(app, requests, outcomes, settled: set[str]) -> None:
             if not request.task.ignore_result:
                 backend.store_result(
                     request.id,
-                    plain[request.id].name,
+                    results[request.id],
                     states.SUCCESS,
                     request=_context(request),
                 )
-    from mailer.tasks import _log
-
     now = time.time()
     for request in done:
-        outcome = plain[request.id]
         settled.add(request.id)
         runtime = now - (request.time_start or now)
-        _log(_context(request), int(request.args[0]), outcome, runtime)
-        request.on_success((False, outcome.name, runtime))
+        if log is not None:
+            log(request, runtime)
+        request.on_success((False, results[request.id], runtime))
 
 
 def _context(request) -> Context:

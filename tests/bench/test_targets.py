@@ -82,7 +82,12 @@ def throughput(ours_queue, ours_send, peer_queue, peer_send):
         "rows": rows,
         "unsent": {},
         "stale_locks": {},
-        "floor": {"rate": Runs([500.0]), "cpu": Runs([3.0]), "count": 1000},
+        "floor": {
+            "rate": Runs([500.0]),
+            "cpu": Runs([3.0]),
+            "count": 1000,
+            "batched": {"rate": Runs([550.0]), "cpu": Runs([2.7])},
+        },
         "ceiling": {
             d: {"rate": Runs([900.0]), "cpu": Runs([0.1]), "count": 40} for d in (50, 0)
         },
@@ -105,6 +110,15 @@ def test_whole_pipeline_cpu_adds_the_queuing_side_to_the_sending_side():
     assert dearer[name].measured == "1.17x post_office, docs (3.50 vs 3.00 ms)"
     assert cheaper[name].met
     assert dearer["Worker CPU per mail (0 ms relay) <= the best peer's"].met
+
+
+def test_the_batched_floor_is_set_against_the_floor_and_the_cheapest_peer():
+    text, _ = throughput(ours_queue=1.0, ours_send=6.0, peer_queue=1.0, peer_send=1.8)
+
+    assert "2.70 (2.70-2.70) ms per task, 0.90x the per-mail floor's" in text
+    assert (
+        "1.50x the worker CPU of a whole\nmail at post_office, docs (1.80 ms)" in text
+    )
 
 
 def sustained_rows(ours_steps, ours_stop, peer_steps, peer_stop):
