@@ -1,6 +1,7 @@
 """Drain rate and worker CPU per mail by Celery pool kind (issue 20's pool choice).
 
     python -m bench.pools [--relay-ms 0] [--mails 600] [--runs 3]
+                          [--only 'Procfile|gevent']
 
 Not part of `make bench`. Each run queues a backlog of welcome mails with
 nothing consuming it, starts the pool's worker processes on it and times from
@@ -9,12 +10,14 @@ is user+system time of the worker processes and their pool children, less
 their lowest CPU of two starts on an empty queue. Pools are interleaved, one
 warm-up run each first; every run checks that each mail reached the relay
 exactly once. PostgreSQL when BENCH_DATABASE_URL names a server, else SQLite.
-gevent is not measured: it is not installed, and the lifeline's and the SMTP
-pool's threads would need it patched in.
+gevent (requirements-dev.in): Celery monkey-patches the worker at start, so
+the lifeline's thread and the SMTP pool's locks run as greenlets, and
+psycopg waits cooperatively once it finds the patched `select`.
 """
 
 import argparse
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -31,6 +34,8 @@ POOLS = {
     "threads 32, 1 process": ("threads", 32, 1),
     "prefork 2 (the cores), 1 process": ("prefork", 2, 1),
     "prefork 8, 1 process": ("prefork", 8, 1),
+    "gevent 16, 2 processes": ("gevent", 16, 2),
+    "gevent 32, 2 processes": ("gevent", 32, 2),
 }
 
 
@@ -82,7 +87,9 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=600)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--relay-ms", type=int, default=0, help="the relay's delay")
+    parser.add_argument("--only", default="", help="pools whose label matches (re)")
     args = parser.parse_args()
+    pools = {k: v for k, v in POOLS.items() if re.search(args.only, k)}
     directory = Path(tempfile.mkdtemp(prefix="bench-pools-"))
     server = os.environ.get("BENCH_DATABASE_URL") or None
     database = Database(server_url=server, directory=directory).create()
@@ -94,11 +101,11 @@ def main() -> None:
         stack.migrate()
         relay = RelayLog(stack.relay_log)
         idle = {}
-        for label, spec in POOLS.items():
+        for label, spec in pools.items():
             idle[label] = min(idle_cpu(stack, spec, serial := serial + 1) for _ in "ab")
-        found = {label: [] for label in POOLS}
+        found = {label: [] for label in pools}
         for warm in [True] + [False] * args.runs:
-            for label, spec in POOLS.items():
+            for label, spec in pools.items():
                 serial += 1
                 mails = max(20, args.mails // 6) if warm else args.mails
                 rate, used = one_run(stack, relay, spec, mails=mails, serial=serial)
