@@ -28,22 +28,24 @@ from bench.harness import RelayLog
 from bench.processes import Database, Stack, process_cpu_seconds
 from tests.support import wait_until
 
-# label: (pool, concurrency per process, worker processes)
+# label: (pool, concurrency per process, worker processes[, prefetch multiplier])
 POOLS = {
     "threads 16, 2 processes (the Procfile)": ("threads", 16, 2),
     "threads 32, 1 process": ("threads", 32, 1),
     "prefork 2 (the cores), 1 process": ("prefork", 2, 1),
     "prefork 8, 1 process": ("prefork", 8, 1),
+    "threads 4, 2 processes, prefetch x16": ("threads", 4, 2, 16),
     "gevent 16, 2 processes": ("gevent", 16, 2),
     "gevent 32, 2 processes": ("gevent", 32, 2),
 }
 
 
-def start(stack: Stack, pool: str, concurrency: int, processes: int, serial: int):
+def start(stack: Stack, pool: str, concurrency: int, processes: int, *rest, serial):
     """The pool's worker processes, each with its own node name; their names."""
+    prefetch = rest[0] if rest else 2  # the Procfile's
     names = []
     for index in range(processes):
-        argv = worker_argv(concurrency=concurrency, prefetch=2)
+        argv = worker_argv(concurrency=concurrency, prefetch=prefetch)
         argv[argv.index("--pool") + 1] = pool
         name = f"pool{serial}-{index}"
         argv[argv.index("--hostname") + 1] = f"{name}@%h"
@@ -57,7 +59,7 @@ def cpu_of(stack: Stack, names: list[str]) -> float:
 
 
 def idle_cpu(stack: Stack, spec: tuple, serial: int) -> float:
-    names = start(stack, *spec, serial)
+    names = start(stack, *spec, serial=serial)
     wait_until(
         lambda: all(" ready." in stack.log(n) for n in names), timeout=60, what="ready"
     )
@@ -71,7 +73,7 @@ def idle_cpu(stack: Stack, spec: tuple, serial: int) -> float:
 def one_run(stack, relay, spec: tuple, *, mails: int, serial: int) -> tuple:
     emails = queue_backlog(stack, mails, f"pool{serial}x")
     started = time.monotonic()
-    names = start(stack, *spec, serial)
+    names = start(stack, *spec, serial=serial)
     relay.wait_for(emails, timeout=600)
     elapsed, used = time.monotonic() - started, cpu_of(stack, names)
     for name in names:
