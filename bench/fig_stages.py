@@ -115,8 +115,9 @@ TEXT = """
 CPU per mail of one sending process, by stage of a mail's sending. The
 process drains a queued backlog of $count welcome mails to the 0 ms relay
 under `py-spy record --nonblocking --rate $rate`: this project's worker as the
-Procfile runs it (`--pool threads --concurrency 16`), started on an empty
-queue and then told to consume the backlog (its start-up is left out), and
+Procfile runs it (`--pool threads --concurrency 4 --prefetch-multiplier
+16`), started on an empty queue and then told to consume the backlog (its
+start-up is left out), and
 post_office's `send_queued_mail` (docs: 1 process, 5 threads; its CPU on an
 empty queue, the lower of two runs, and the samples of its start-up are left
 out). Each sample

@@ -30,11 +30,16 @@ from tests.support import wait_until
 
 # label: (pool, concurrency per process, worker processes[, prefetch multiplier])
 POOLS = {
-    "threads 16, 2 processes (the Procfile)": ("threads", 16, 2),
+    "threads 4, 2 processes, prefetch x16 (the Procfile)": ("threads", 4, 2, 16),
+    "threads 16, 2 processes, prefetch x2 (the Procfile before)": (
+        "threads",
+        16,
+        2,
+        2,
+    ),
     "threads 32, 1 process": ("threads", 32, 1),
     "prefork 2 (the cores), 1 process": ("prefork", 2, 1),
     "prefork 8, 1 process": ("prefork", 8, 1),
-    "threads 4, 2 processes, prefetch x16": ("threads", 4, 2, 16),
     "gevent 16, 2 processes": ("gevent", 16, 2),
     "gevent 32, 2 processes": ("gevent", 32, 2),
 }
@@ -42,7 +47,7 @@ POOLS = {
 
 def start(stack: Stack, pool: str, concurrency: int, processes: int, *rest, serial):
     """The pool's worker processes, each with its own node name; their names."""
-    prefetch = rest[0] if rest else 2  # the Procfile's
+    prefetch = rest[0] if rest else 2
     names = []
     for index in range(processes):
         argv = worker_argv(concurrency=concurrency, prefetch=prefetch)

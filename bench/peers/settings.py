@@ -1,9 +1,9 @@
 """Settings of a peer's processes: the project's users app, the peer's mail queue.
 
 BENCH_PEER picks the peer (post_office, django_mailer, celery_email) and
-BENCH_TUNED=1 its configuration at the project's concurrency (2 processes x
-16 threads) instead of its documentation's. The project's `mailer` app is
-left out: django-mailer's package is also called `mailer`.
+BENCH_TUNED=1 its configuration at 2 processes x 16 threads
+(bench.peers.systems) instead of its documentation's. The project's `mailer`
+app is left out: django-mailer's package is also called `mailer`.
 """
 
 from project.settings import *  # noqa: F403

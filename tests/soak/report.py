@@ -11,6 +11,7 @@ from tests.soak.checker import LATENESS_ALLOWANCE, Verdict, by_kind
 from tests.soak.config import SoakConfig
 from tests.soak.faults import AppliedFault, UnexpectedExit
 from tests.soak.relay import CONNECTION_CAP, THROTTLE_RATE
+from tests.soak.stack import WORKER_CONCURRENCY, WORKER_PREFETCH
 from tests.support import ROOT
 
 
@@ -145,7 +146,8 @@ def _summary(facts: RunFacts, verdict: Verdict) -> list[str]:
 
 PROCESSES = (
     "gunicorn project.wsgi --workers 2; two `celery worker --pool threads "
-    "--concurrency 16 --prefetch-multiplier 2 --without-mingle --without-gossip` "
+    f"--concurrency {WORKER_CONCURRENCY} --prefetch-multiplier {WORKER_PREFETCH} "
+    "--without-mingle --without-gossip` "
     "(the Procfile's), each leading its own "
     "process group; celery beat; redis-server --appendonly yes; the relay "
     "(aiosmtpd) in the soak process"

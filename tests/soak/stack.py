@@ -1,7 +1,7 @@
 """The soak's processes, as the Procfile runs them, each tracked by its pid.
 
-gunicorn (2 workers), two Celery workers (threads pool, 16 threads,
-prefetch 2), beat, a redis-server with append-only persistence, the
+gunicorn (2 workers), two Celery workers (threads pool, 4 threads,
+prefetch 16), beat, a redis-server with append-only persistence, the
 scriptable relay, and the run's own database. Every process is stopped by
 its pid when the run ends, whatever happened.
 """
@@ -28,8 +28,8 @@ from tests.support import (
 from tests.support.redis import queue_length
 
 WORKER_SLOTS = 2
-WORKER_CONCURRENCY = 16  # the Procfile's defaults
-WORKER_PREFETCH = 2
+WORKER_CONCURRENCY = 4  # the Procfile's defaults
+WORKER_PREFETCH = 16
 
 # Variables the project reads; none leaks in from the caller's shell, so a
 # run measures the shipped defaults unless an override is asked for.

@@ -108,9 +108,9 @@ class ProjectProcess:
 class WorkerProcess(ProjectProcess):
     """`celery -A celery_app worker` as a real process."""
 
-    # The Procfile's worker: `--pool threads --concurrency 16 --prefetch-multiplier 2
+    # The Procfile's worker: `--pool threads --concurrency 4 --prefetch-multiplier 16
     # --without-mingle --without-gossip`.
-    PROCFILE = {"pool": "threads", "concurrency": 16, "prefetch_multiplier": 2}
+    PROCFILE = {"pool": "threads", "concurrency": 4, "prefetch_multiplier": 16}
 
     def __init__(
         self,
