@@ -90,7 +90,8 @@ IMPORTING = "<frozen importlib._bootstrap"
 STAGES = [
     ("consume", "Celery takes the message: Redis, decoding, the request, the "
      "pool", "the thread pool hands each mail to a thread"),
-    ("claim", "the conditional UPDATE (with the user)", "the batch's SELECT"),
+    ("claim", "the conditional UPDATE (with the user; on PostgreSQL, whether "
+     "the address is suppressed)", "the batch's SELECT"),
     ("render", "the templates, the activation link, the row's language read "
      "back (PostgreSQL)", "in the request"),
     ("token", "signing the activation token", "in the request"),
@@ -104,7 +105,7 @@ STAGES = [
     ("metrics", "prometheus counters and histograms", "none"),
     ("logs", "log lines, ours and Celery's", "its log lines"),
     ("budget", "the relay's state and the send budget (Redis)", "none"),
-    ("suppression", "the suppression-list lookup", "none"),
+    ("suppression", "the suppression-list lookup (SQLite; a listed address)", "none"),
     (OTHER, "the task's own code, Celery's tracer, the Django fixup, idle "
      "threads' work", "the command's loop"),
 ]  # fmt: skip

@@ -101,10 +101,13 @@ def withhold(delivery: Delivery) -> bool:
     """Whether a claimed row's address is suppressed; if so, mark it, unsent.
 
     A row rerun with `resend_failed --include-suppressed` is sent anyway.
+    The claim may have looked the address up already (`delivery.listed`,
+    PostgreSQL's claim does); else the list is asked here.
     """
-    if not is_suppressed(address=delivery.user.email):
-        return False
-    if Delivery.objects.filter(pk=delivery.pk, despite_suppression=True).exists():
+    listed = getattr(delivery, "listed", None)
+    if listed is None:
+        listed = is_suppressed(address=delivery.user.email)
+    if not listed or delivery.despite_suppression:
         return False
     Delivery.objects.filter(
         pk=delivery.pk, status=Delivery.Status.SENDING, task_id=delivery.task_id

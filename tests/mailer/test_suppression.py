@@ -5,9 +5,9 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.db import IntegrityError
+from django.db import IntegrityError, connection
 
-from mailer import metrics, suppression
+from mailer import claims, metrics, suppression
 from mailer.models import Delivery, Suppression
 from mailer.rerun import _failed_deliveries, _mark_for_rerun
 from mailer.tasks import send_account_mail, send_welcome_email
@@ -130,6 +130,33 @@ def test_a_suppressed_address_gets_no_mail_and_its_row_says_suppressed(mailoutbo
     assert delivery.status == Delivery.Status.SUPPRESSED
     assert "suppression list" in delivery.last_error
     assert suppressed_sends() == before + 1
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL's claim looks it up"
+)
+def test_the_claim_looks_the_address_up_so_withholding_asks_nothing_more(
+    django_assert_num_queries,
+):
+    listed("ada@example.com")
+    listed("EVE@example.com")
+    ada = DeliveryFactory(user__email="ADA@Example.com")
+    bob = DeliveryFactory(user__email="bob@example.com")
+    rerun = DeliveryFactory(user__email="eve@example.com", despite_suppression=True)
+
+    with django_assert_num_queries(3):
+        claimed = [
+            claims.claim_delivery(delivery_id=row.pk, task_id=f"t{row.pk}")
+            for row in (ada, bob, rerun)
+        ]
+    assert [row.listed for row in claimed] == [True, False, True]
+
+    with django_assert_num_queries(0):
+        assert not suppression.withhold(claimed[1])
+        assert not suppression.withhold(claimed[2])  # sent despite the list
+    assert suppression.withhold(claimed[0])
+    ada.refresh_from_db()
+    assert ada.status == Delivery.Status.SUPPRESSED
 
 
 def test_a_550_5_1_1_suppresses_and_a_later_notice_sends_nothing(
