@@ -10,7 +10,11 @@ In this process, interleaved round by round after a warm-up round:
 - Celery's INFO line after each task ("Task ...[id] succeeded in 0.1s:
   'sent'"), through the worker's logging (`--loglevel INFO`) into a file:
   logged as it was, against skipped (celery.app.trace at WARNING: Celery
-  checks the level once, when the worker starts, so each task pays nothing).
+  checks the level once, when the worker starts, so each task pays nothing);
+- the relay budget's calls around each send (`reserve_send` before it,
+  `note_accepted` after it) on a private redis-server: two script calls, as
+  every send made them, against the quiet path (mailer/budget.py: nothing
+  learned from the relay and no fixed rate, so a send asks Redis nothing).
 Prints CPU µs per call, median (min-max) over the rounds.
 """
 
@@ -81,6 +85,45 @@ def main() -> None:
     for name, values in found.items():
         print(f"  {name:40} {Runs(values).show('{:.0f}')}")
     print("  Celery's success line, skipped (after)   not called")
+    budget_cost(args)
+
+
+def budget_cost(args) -> None:
+    """The budget's calls per send, asking Redis and quiet, interleaved."""
+    from django.conf import settings
+
+    from bench.stats import Runs
+    from mailer import budget
+    from tests.support import RedisServer, free_port
+
+    def asking() -> None:
+        budget.forget()  # no renewal yet: each send asks
+
+    def quiet() -> None:
+        budget.forget()
+        budget.renew_slots(holders=[])  # a reaper round that found nothing learned
+
+    server = RedisServer(free_port()).start()
+    settings.REDIS_URL = server.url
+    try:
+        ways = {"asking Redis (before)": asking, "quiet (after)": quiet}
+        found = {name: [] for name in ways}
+        for run in range(args.rounds + 1):  # the first is a warm-up
+            for name, prepare in ways.items():
+                prepare()
+                cpu = time.process_time()
+                for place in range(args.calls):
+                    budget.reserve_send(max_wait=2, place=place)
+                    budget.note_accepted()
+                if run:
+                    spent = time.process_time() - cpu
+                    found[name].append(spent * 1e6 / args.calls)
+    finally:
+        budget.forget()
+        server.cleanup()
+    print("the relay budget around one send, µs/send:")
+    for name, values in found.items():
+        print(f"  {name:40} {Runs(values).show('{:.1f}')}")
 
 
 if __name__ == "__main__":

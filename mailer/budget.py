@@ -18,6 +18,16 @@ that no two workers ever read-modify-write it apart:
   Postfix's per-destination feedback. They expire LEARNED_TTL after the last
   cut, so a limit learned on a bad afternoon does not stay forever.
 
+While the relay has refused nothing for a while (no learned limit, no
+throttle reply within THROTTLING_QUIET) and MAILER_RELAY_RATE is unset, a
+send asks Redis nothing: the pool's reaper renews its slots every second
+(mailer.pool.REAP_EVERY), and that renewal says whether it is still so and
+carries the mails this process accepted since, for the observed rate a
+later cut reads. That saves two script calls per mail, a tenth of a
+worker's CPU per mail (bench/fig_stages.py's budget stage). Once a limit is
+learned or a throttle reply comes, each process learns it within QUIET_FOR
+and its sends ask the budget again.
+
 Redis is the broker too, so when it is down few mails move anyway. Each call
 then answers "no budget" at once (`None`) and the budget is not asked again
 for UNAVAILABLE_FOR seconds: the pool falls back to MAILER_RELAY_MAX_CONNECTIONS
@@ -62,6 +72,10 @@ LINE_HOLD = 20.0
 # Seconds a refused slot request stays a want that other processes' idle
 # connections yield to: longer than a reaper round (mailer.pool.REAP_EVERY).
 WANTED_FOR = 1.5
+# Seconds a renewal's "nothing learned, no throttling" holds in this process:
+# longer than a reaper round (mailer.pool.REAP_EVERY), so it never lapses
+# between two renewals of a working pool.
+QUIET_FOR = 1.5
 SOCKET_TIMEOUT = 0.5  # seconds: a frozen Redis must not stall a send
 UNAVAILABLE_FOR = 5.0  # seconds the budget is not asked after Redis failed
 
@@ -90,10 +104,11 @@ redis.call('SET', KEYS[3], '1', 'PX', tonumber(ARGV[4]))
 return {0, count, limit}
 """
 
-# KEYS: slots, limits, open, line, wanted. ARGV: ceiling, ttl_ms, holder...
-# (the caller's open connections)
+# KEYS: slots, limits, open, line, wanted, sent, throttling. ARGV: ceiling,
+# ttl_ms, mails accepted since the caller's last renewal, holder... (the
+# caller's open connections)
 # -> {connections open, allowed concurrency, learned rate or '', mails in line,
-#     a slot wanted (0/1)}
+#     a slot wanted (0/1), quiet (0/1): no learned limit, no throttle episode}
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -101,20 +116,32 @@ local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 -- The caller's connections are open: back in both sets if Redis lost them.
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
   redis.call('ZADD', KEYS[3], now + ttl, ARGV[i])
 end
-if #ARGV > 2 then
+if #ARGV > 3 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[3], ttl)
+end
+-- The caller's accepted mails, counted in this second as _ACCEPTED counts.
+local accepted = tonumber(ARGV[3])
+if accepted > 0 then
+  local second = tonumber(t[1])
+  redis.call('HINCRBY', KEYS[6], second, accepted)
+  redis.call('EXPIRE', KEYS[6], 90)
+  for s = second - 70, second - 61 do redis.call('HDEL', KEYS[6], s) end
 end
 local limit = tonumber(ARGV[1])
 local learned = tonumber(redis.call('HGET', KEYS[2], 'concurrency'))
 if learned and learned < limit then limit = learned end
 local rate = redis.call('HGET', KEYS[2], 'rate') or ''
+local quiet = 0
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[7]) == 0 then
+  quiet = 1
+end
 return {redis.call('ZCARD', KEYS[3]), limit, rate, redis.call('ZCARD', KEYS[4]),
-  redis.call('EXISTS', KEYS[5])}
+  redis.call('EXISTS', KEYS[5]), quiet}
 """
 
 # KEYS: slots, open. ARGV: holder, ttl_ms.
@@ -396,12 +423,20 @@ class Budget:
 
 
 def renew_slots(*, holders: list[str]) -> Budget | None:
-    """Renew the holds of `holders`; return what the budget looks like now."""
+    """Renew the holds of `holders`; return what the budget looks like now.
+
+    Also counts the mails this process accepted while quiet, and says
+    whether it still is (see the module's docstring).
+    """
     keys = [SLOTS_KEY, LIMITS_KEY, OPEN_KEY, LINE_KEY, WANTED_KEY]
-    reply = _run(_RENEW, keys, max_connections(), _ttl(), *holders)
+    keys += [SENT_KEY, THROTTLING_KEY]
+    accepted = _quiet.take_accepted()
+    reply = _run(_RENEW, keys, max_connections(), _ttl(), accepted, *holders)
     if reply is None:
+        _quiet.give_back(accepted)
         return None
-    open_now, allowed, rate, waiting, wanted = reply
+    open_now, allowed, rate, waiting, wanted, quiet = reply
+    _quiet.renewed(quiet=bool(quiet))
     limits = Limits(int(allowed), _ceiling_rate(_float(rate)))
     _seen.update(open_now=int(open_now), concurrency=limits.concurrency)
     return Budget(int(open_now), limits, int(waiting), bool(wanted))
@@ -440,9 +475,12 @@ def reserve_send(*, max_wait: float, place: int | None = None) -> Turn:
     (the mail's outbox id) the mail queues in the shared line: it is
     reserved only if its own turn, after every lower place still waiting,
     is within `max_wait`, and `wait` says when that turn is. Reserved at
-    once when no rate is in force or the budget is unreachable.
+    once when no rate is in force or the budget is unreachable; without
+    asking Redis while quiet and no fixed rate is set.
     """
     ceiling = fixed_rate() or 0
+    if not ceiling and _quiet.now():
+        return Turn(reserved=True, wait=0.0)
     reply = _run(
         _RESERVE,
         [TAT_KEY, LIMITS_KEY, LINE_KEY, LINE_SEEN_KEY],
@@ -458,7 +496,13 @@ def reserve_send(*, max_wait: float, place: int | None = None) -> Turn:
 
 
 def note_accepted() -> Change | None:
-    """Count a mail the relay accepted; after a run of them, raise learned limits."""
+    """Count a mail the relay accepted; after a run of them, raise learned limits.
+
+    While quiet, the count waits for the next renewal: nothing learned to raise.
+    """
+    if _quiet.now():
+        _quiet.accept()
+        return None
     ceiling = fixed_rate() or 0
     reply = _run(_ACCEPTED, [LIMITS_KEY, SENT_KEY], max_connections(), ceiling)
     if reply is None:
@@ -476,7 +520,9 @@ def note_throttled(*, limit: str, others_open: int) -> Change | None:
     with no rate in force, to that; near the rate in force, to 0.8-0.9 of
     it; far below it, to half of it (a reading that low may be ours, not
     the relay's). The refused rate is kept: the climb back aims below it.
+    This process stops being quiet at once; the others at their next renewal.
     """
+    _quiet.renewed(quiet=False)
     reply = _run(
         _THROTTLED,
         [LIMITS_KEY, SENT_KEY, THROTTLING_KEY],
@@ -518,6 +564,7 @@ def forget() -> None:
         )
     )
     _state.reset()
+    _quiet.reset()
     _seen.update(open_now=0, concurrency=0)
 
 
@@ -532,6 +579,41 @@ class _Seen:
 
 
 _seen = _Seen()
+
+
+class _Quiet:
+    """Until when this process's last renewal found nothing learned and no
+    throttling, and the accepted mails to count at the next one."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.until = -math.inf
+        self.accepted = 0
+
+    def now(self) -> bool:
+        return time.monotonic() < self.until
+
+    def renewed(self, *, quiet: bool) -> None:
+        self.until = time.monotonic() + QUIET_FOR if quiet else -math.inf
+
+    def accept(self) -> None:
+        with self.lock:
+            self.accepted += 1
+
+    def take_accepted(self) -> int:
+        with self.lock:
+            taken, self.accepted = self.accepted, 0
+        return taken
+
+    def give_back(self, count: int) -> None:
+        with self.lock:
+            self.accepted += count
+
+
+_quiet = _Quiet()
 
 
 class _State:

@@ -348,3 +348,64 @@ def test_a_frozen_redis_costs_a_send_half_a_second_once(settings):
 
     assert first is None and second is None
     assert elapsed < 1.5
+
+
+def evalsha_calls(server) -> int:
+    stats = server.client().info("commandstats")
+    return stats.get("cmdstat_evalsha", {}).get("calls", 0)
+
+
+def sent_counted() -> int:
+    return sum(int(n) for n in budget._client().hvals(budget.SENT_KEY))
+
+
+def test_while_quiet_a_send_asks_redis_nothing_and_the_renewal_counts_it(shared):
+    assert budget.renew_slots(holders=[]) is not None  # nothing learned: quiet
+    before = evalsha_calls(shared)
+
+    for _ in range(20):
+        assert budget.reserve_send(max_wait=0.1, place=1) == budget.Turn(True, 0.0)
+        assert budget.note_accepted() is None
+
+    assert evalsha_calls(shared) == before
+    assert sent_counted() == 0
+    budget.renew_slots(holders=[])
+    assert sent_counted() == 20
+
+
+def test_a_throttle_reply_ends_the_quiet_here_at_once_and_elsewhere_at_renewal(
+    shared,
+):
+    budget.renew_slots(holders=[])
+    budget.note_throttled(limit="rate", others_open=0)  # here: asks again at once
+    before = evalsha_calls(shared)
+
+    budget.reserve_send(max_wait=0.1)
+    budget.note_accepted()
+
+    assert evalsha_calls(shared) >= before + 2
+    budget._quiet.renewed(quiet=True)  # another process, renewed before the reply
+    budget.renew_slots(holders=[])
+    assert not budget._quiet.now()
+
+
+def test_a_learned_limit_keeps_every_send_asking(shared):
+    budget.note_throttled(limit="connections", others_open=2)
+    budget.renew_slots(holders=[])
+    before = evalsha_calls(shared)
+
+    budget.reserve_send(max_wait=0.1)
+    budget.note_accepted()
+
+    assert evalsha_calls(shared) >= before + 2
+
+
+def test_a_fixed_rate_paces_every_send_even_while_quiet(shared, settings):
+    settings.MAILER_RELAY_RATE = "2"
+    budget.renew_slots(holders=[])
+
+    first = budget.reserve_send(max_wait=0.1)
+    second = budget.reserve_send(max_wait=0.1)
+
+    assert first.reserved and first.wait == 0
+    assert not second.reserved and second.wait > 0.3
